@@ -1,0 +1,176 @@
+"""The ``agent`` command line: parse a config, call the function that does the work."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.config import add_flags, load_yaml, merge, option, resolve
+
+
+@dataclass
+class EvalConfig:
+    run: str = option("", "run directory (or checkpoint file) whose policy is evaluated")
+    policy: str = option("", "instead of --run: 'scripted' or 'random'")
+    env: str = option("", "env id; empty means the env the run was trained for")
+    episodes: int = option(10, "episodes to roll out")
+    seed: int = option(10_000, "episode i is reset with seed + i")
+    deterministic: bool = option(True, "act with the policy's mean action")
+
+
+def _add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields; flags given on the command line override it")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent.collect import CollectConfig
+    from agent.pretrain import PretrainConfig
+
+    parser = argparse.ArgumentParser(prog="agent", description="Offline-to-online reinforcement learning for robot arms.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("collect", help="roll out a policy and write episodes to a store",
+                       description="Roll out a scripted, random or trained policy and append its episodes to a store.")
+    _add_common(p, json_flag=True)
+    add_flags(p, CollectConfig)
+
+    p = sub.add_parser("pretrain", help="offline training on a store",
+                       description="Train a policy offline on a store; writes config.yaml, checkpoints/, metrics.jsonl and TensorBoard events to --out.")
+    _add_common(p, json_flag=True)
+    add_flags(p, PretrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest.pt")
+
+    p = sub.add_parser("eval", help="evaluate a trained run (or a scripted/random policy) in the simulator",
+                       description="Roll out a policy; prints mean and std of return, D4RL-style normalized score and success rate.")
+    _add_common(p, json_flag=True)
+    add_flags(p, EvalConfig)
+
+    p = sub.add_parser("inspect", help="summarize a store", description="Episodes, steps, returns and success by source, keys, shapes and dtypes of a store.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("demo", help="collect, pretrain and evaluate on the default task; print a table",
+                       description="The quick-start job: collect random/medium/expert datasets, pretrain BC on each, evaluate, print normalized scores.")
+    p.add_argument("--out", default="runs/demo", help="directory for the demo's stores and runs (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster version (for tests)")
+    return parser
+
+
+def _print(obj, as_json: bool, table=None) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2))
+    elif table is not None:
+        print(table)
+    else:
+        for k, v in obj.items():
+            print(f"{k:>22}: {v}")
+
+
+def cmd_collect(args) -> int:
+    from agent.collect import CollectConfig, collect
+
+    cfg = resolve(CollectConfig, args, args.config)
+    result = collect(cfg)
+    _print(result, args.json)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from agent.pretrain import PretrainConfig, pretrain
+
+    base = None
+    out = getattr(args, "out", None)
+    if args.resume:
+        if not out and args.config:
+            out = load_yaml(args.config).get("out")
+        if not out:
+            raise ValueError("--resume needs --out (the run directory to continue).")
+        saved = Path(out) / "config.yaml"
+        if not saved.is_file():
+            raise ValueError(f"cannot resume: {str(saved)!r} does not exist; {out!r} is not a run directory.")
+        base = load_yaml(saved)
+    cfg = resolve(PretrainConfig, args, args.config, base=base)
+    result = pretrain(cfg, resume=args.resume)
+    _print(result, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from agent.evaluate import evaluate
+
+    cfg = resolve(EvalConfig, args, args.config)
+    if bool(cfg.run) == bool(cfg.policy):
+        raise ValueError("eval needs exactly one of --run RUN or --policy {scripted,random}.")
+    if cfg.run:
+        from agent.checkpoint import load_checkpoint
+        from agent.policy import load_policy
+
+        env_id = cfg.env or load_checkpoint(cfg.run).get("env_id")
+
+        def make_policy(env):
+            learner = load_policy(cfg.run, env_id, int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape)))
+            return lambda obs: learner.act(obs, deterministic=cfg.deterministic)
+    else:
+        if not cfg.env:
+            raise ValueError("eval --policy needs --env.")
+        env_id = cfg.env
+        from sims.experts import RandomPolicy, make_expert
+
+        if cfg.policy == "scripted":
+            def make_policy(env):
+                return make_expert(env_id, env)
+        elif cfg.policy == "random":
+            def make_policy(env):
+                return RandomPolicy(int(np.prod(env.action_space.shape)), seed=cfg.seed)
+        else:
+            raise ValueError(f"--policy must be 'scripted' or 'random', got {cfg.policy!r}.")
+    result = evaluate(env_id, make_policy, cfg.episodes, seed=cfg.seed, progress=True)
+    if cfg.run and Path(cfg.run).is_dir():
+        (Path(cfg.run) / "eval.json").write_text(json.dumps(result, indent=2))
+    shown = {k: v for k, v in result.items() if k != "returns"}
+    _print(result if args.json else shown, args.json)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from agent.inspect import format_summary, summarize_store
+    from agent.store import Store
+
+    summary = summarize_store(Store.open(args.store))
+    _print(summary, args.json, table=format_summary(summary))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from agent.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        if os.environ.get("AGENT_DEBUG"):
+            raise
+        print(f"agent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"agent {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

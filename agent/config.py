@@ -1,0 +1,198 @@
+"""Configs are typed dataclasses: defaults, then a YAML file, then command-line flags.
+
+Each field carries its help text in ``metadata["help"]``. Values from YAML and from
+flags are checked against the field's type (``lr: 3e-4`` into a ``bool`` field is
+refused), nested dataclasses are addressed as ``section.field`` on the command line
+(``--bc.head deterministic``), and :func:`to_dict` gives the resolved config to save.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+def option(default: Any, help: str, **kwargs) -> Any:
+    """A config field with its help text."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested config section."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp) -> tuple[bool, Any]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def check_value(name: str, tp, value):
+    """Return ``value`` converted to ``tp`` or raise a readable ValueError."""
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config field {name!r} must not be empty (expected {_type_name(tp)}).")
+    tp = inner
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ValueError(f"config field {name!r} must be one of {list(choices)}, got {value!r}.")
+        return value
+    if origin in (list, tuple):
+        (item_tp, *_) = get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config field {name!r} must be a list of {_type_name(item_tp)}, got {value!r}.")
+        return [check_value(f"{name}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config field {name!r} must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config field {name!r} must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config field {name!r} must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config field {name!r} must be a string, got {value!r}.")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for field {name!r}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def from_dict(cls: type, data: dict, prefix: str = ""):
+    """Build ``cls`` from a (partial) dict, checking names and types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or cls.__name__!r} must be a mapping, got {data!r}.")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; "
+            f"valid fields are: {', '.join(prefix + n for n in sorted(names))}."
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = from_dict(tp, data[f.name], prefix=f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = check_value(prefix + f.name, tp, data[f.name])
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of field: value, found {type(data).__name__}.")
+    return data
+
+
+def save_yaml(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# -- command-line flags ------------------------------------------------------------------
+def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--field`` flag per config field; unset flags do not override."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        dest = prefix + f.name
+        flag = "--" + dest.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if dataclasses.is_dataclass(tp):
+            add_flags(parser, tp, prefix=dest + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{help_text} (default: {default!r})"
+        _, inner = _is_optional(tp)
+        origin = get_origin(inner)
+        kw: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)
+        if inner is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif origin is Literal:
+            parser.add_argument(flag, choices=list(get_args(inner)), **kw)
+        elif origin in (list, tuple):
+            item = (get_args(inner) or (str,))[0]
+            parser.add_argument(flag, type=lambda s, item=item: [item(x) for x in s.split(",") if x], metavar="A,B,..", **kw)
+        else:
+            parser.add_argument(flag, type=inner if inner in (int, float, str) else str, **kw)
+
+
+def resolve(cls: type, args: argparse.Namespace, config_path: str | None = None, base: dict | None = None):
+    """defaults <- base <- YAML file <- flags, checked against ``cls``."""
+    data = dict(base or {})
+    if config_path:
+        data = merge(data, load_yaml(config_path))
+    flags: dict = {}
+    names = set()
+    _collect_names(cls, "", names)
+    for key, value in vars(args).items():
+        if key not in names:
+            continue
+        node = flags
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(cls, merge(data, flags))
+
+
+def _collect_names(cls, prefix, out):
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            _collect_names(hints[f.name], prefix + f.name + ".", out)
+        else:
+            out.add(prefix + f.name)

@@ -1,0 +1,34 @@
+"""Creating envs by gymnasium id. The agent reaches ``sims`` and ``robot`` only here,
+through the registry: importing the package that owns an id's prefix registers it."""
+from __future__ import annotations
+
+import importlib
+
+import gymnasium
+
+_OWNERS = {"dmc/": "sims", "sims/": "sims", "robot/": "robot"}
+
+
+def _register_owner(env_id: str) -> None:
+    for prefix, package in _OWNERS.items():
+        if env_id.startswith(prefix):
+            importlib.import_module(package)
+            return
+    importlib.import_module("sims")
+
+
+def make_env(env_id: str, **kwargs) -> gymnasium.Env:
+    """``gymnasium.make(env_id, **kwargs)``; an unknown id is refused with the known ones."""
+    _register_owner(env_id)
+    sims = importlib.import_module("sims")
+    return sims.make(env_id, **kwargs)
+
+
+def reference_returns(env_id: str) -> tuple[float, float] | None:
+    _register_owner(env_id)
+    return importlib.import_module("sims.reference").reference_returns(env_id)
+
+
+def normalized_score(env_id: str, ret: float) -> float | None:
+    ref = reference_returns(env_id)
+    return None if ref is None else 100.0 * (ret - ref[0]) / (ref[1] - ref[0])

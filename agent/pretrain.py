@@ -1,0 +1,128 @@
+"""``agent pretrain``: offline training of a learner on a store's transitions."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from agent.config import option, save_yaml, section, to_dict
+from agent.envs import make_env
+from agent.evaluate import evaluate
+from agent.learners import make_learner
+from agent.learners.bc import BCConfig
+from agent.logger import MetricsLogger
+from agent.seeding import seed_everything
+from agent.store import Store, TransitionCache, load_transitions
+
+
+@dataclass
+class PretrainConfig:
+    data: str = option("", "store to train on")
+    algo: Literal["bc"] = option("bc", "offline algorithm")
+    out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
+    env: str = option("", "env id for periodic evaluation; empty means the store's env")
+    steps: int = option(20_000, "gradient updates in total")
+    batch_size: int = option(256, "transitions per update")
+    seed: int = option(0, "seed for networks and sampling")
+    eval_every: int = option(0, "evaluate in the simulator every this many updates (0: only at the end)")
+    eval_episodes: int = option(5, "episodes per periodic evaluation (0: no evaluation)")
+    checkpoint_every: int = option(5_000, "save checkpoints/latest.pt and a step-numbered copy every this many updates")
+    log_every: int = option(250, "write training metrics every this many updates")
+    device: str = option("cpu", "torch device: cpu, cuda, or auto")
+    bc: BCConfig = section(BCConfig, "behaviour cloning settings")
+
+
+def algo_config(cfg: PretrainConfig):
+    return getattr(cfg, cfg.algo)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but torch sees no CUDA device; use --device cpu.")
+    return name
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+
+
+def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLogger, rng: np.random.Generator,
+        start_step: int = 0, env_id: str | None = None, progress: bool = True) -> dict:
+    """Train ``learner`` from ``start_step`` to ``cfg.steps``; returns the last metrics."""
+    env_id = env_id or cache.env_id
+    device = str(learner.device)
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
+    for step in range(start_step + 1, cfg.steps + 1):
+        metrics = learner.update(to_tensors(cache.sample(cfg.batch_size, rng), device))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, metrics, prefix="train/")
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
+        last = step == cfg.steps
+        if cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+            result = evaluate(env_id, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes)
+            logger.log(step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
+                              if result[k] is not None}, prefix="eval/")
+            metrics = {**metrics, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}}
+        if step % cfg.checkpoint_every == 0 or last:
+            save_checkpoint(logger.run_dir, step, {
+                "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
+                "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
+                "learner": learner.state_dict(), "rng": rng_state(rng),
+            })
+        bar.update(1)
+    bar.close()
+    return metrics
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Open the store, build the learner, restore a checkpoint when resuming, and train."""
+    if not cfg.data:
+        raise ValueError("pretrain needs --data (a store written by `agent collect` or `agent import`).")
+    if not cfg.out:
+        raise ValueError("pretrain needs --out (the run directory).")
+    run_dir = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    store = Store.open(cfg.data)
+    cache = load_transitions(store)
+    env_id = cfg.env or store.env_id
+    env = make_env(env_id)  # also refuses an unknown id before any training
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    env.close()
+    if (obs_dim, act_dim) != (store.obs_dim, store.action_dim):
+        raise ValueError(
+            f"store {cfg.data!r} has observations of size {store.obs_dim} and actions of size {store.action_dim}, "
+            f"but {env_id} has {obs_dim} and {act_dim}."
+        )
+    rng = seed_everything(cfg.seed)
+    learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
+    obs = cache.obs
+    learner.fit_normalizer(obs.mean(0), obs.var(0))
+    start = 0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        if ckpt.get("algo") != cfg.algo:
+            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
+        learner.load_state_dict(ckpt["learner"])
+        restore_rng(ckpt["rng"], rng)
+        start = int(ckpt["step"])
+    elif (run_dir / "checkpoints" / "latest.pt").exists():
+        raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    logger = MetricsLogger(run_dir, resume_step=start if resume else None)
+    try:
+        metrics = run(cfg, learner, cache, logger, rng, start_step=start, env_id=env_id, progress=progress)
+    finally:
+        logger.close()
+    summary = {"run": str(run_dir), "steps": cfg.steps, "resumed_from": start if resume else None, **metrics}
+    (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
