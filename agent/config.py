@@ -12,19 +12,22 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Callable, Literal, get_args, get_origin
 
 import yaml
 
 
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A config field with its help text."""
+T = typing.TypeVar("T")
+
+
+def option(default: T, help: str, **kwargs) -> T:
+    """A config field with its help text; typed so that a checker sees the default's type."""
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
-def section(cls: type, help: str) -> Any:
+def section(cls: type[T], help: str) -> T:
     """A nested config section."""
     return dataclasses.field(default_factory=cls, metadata={"help": help})
 
@@ -165,9 +168,16 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             parser.add_argument(flag, choices=list(get_args(inner)), **kw)
         elif origin in (list, tuple):
             item = (get_args(inner) or (str,))[0]
-            parser.add_argument(flag, type=lambda s, item=item: [item(x) for x in s.split(",") if x], metavar="A,B,..", **kw)
+            parser.add_argument(flag, type=_list_parser(item), metavar="A,B,..", **kw)
         else:
             parser.add_argument(flag, type=inner if inner in (int, float, str) else str, **kw)
+
+
+def _list_parser(item: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        return [item(x) for x in text.split(",") if x]
+
+    return parse
 
 
 def resolve(cls: type, args: argparse.Namespace, config_path: str | None = None, base: dict | None = None):
@@ -176,7 +186,7 @@ def resolve(cls: type, args: argparse.Namespace, config_path: str | None = None,
     if config_path:
         data = merge(data, load_yaml(config_path))
     flags: dict = {}
-    names = set()
+    names: set[str] = set()
     _collect_names(cls, "", names)
     for key, value in vars(args).items():
         if key not in names:

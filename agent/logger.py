@@ -25,7 +25,7 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
-        row = {"step": int(step)}
+        row: dict[str, float | int | None] = {"step": int(step)}
         for key, value in metrics.items():
             value = float(value)
             row[prefix + key] = value if math.isfinite(value) else None

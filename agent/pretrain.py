@@ -15,7 +15,7 @@ from agent.config import option, save_yaml, section, to_dict
 from agent.envs import make_env
 from agent.evaluate import evaluate
 from agent.learners import make_learner
-from agent.learners.bc import BCConfig
+from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConfig, TD3BCConfig
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
 from agent.store import Store, TransitionCache, load_transitions
@@ -24,7 +24,7 @@ from agent.store import Store, TransitionCache, load_transitions
 @dataclass
 class PretrainConfig:
     data: str = option("", "store to train on")
-    algo: Literal["bc"] = option("bc", "offline algorithm")
+    algo: Literal["bc", "iql", "cql", "calql", "td3bc", "sacn"] = option("bc", "offline algorithm")
     out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
     env: str = option("", "env id for periodic evaluation; empty means the store's env")
     steps: int = option(20_000, "gradient updates in total")
@@ -36,6 +36,11 @@ class PretrainConfig:
     log_every: int = option(250, "write training metrics every this many updates")
     device: str = option("cpu", "torch device: cpu, cuda, or auto")
     bc: BCConfig = section(BCConfig, "behaviour cloning settings")
+    iql: IQLConfig = section(IQLConfig, "IQL settings")
+    cql: CQLConfig = section(CQLConfig, "CQL settings")
+    calql: CalQLConfig = section(CalQLConfig, "Cal-QL settings")
+    td3bc: TD3BCConfig = section(TD3BCConfig, "TD3+BC settings")
+    sacn: SACNConfig = section(SACNConfig, "SAC-N settings")
 
 
 def algo_config(cfg: PretrainConfig):
@@ -60,10 +65,15 @@ def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLog
     env_id = env_id or cache.env_id
     device = str(learner.device)
     metrics: dict[str, float] = {}
+    last_update: dict = {}
+    extras = learner.prepare(cache) if hasattr(learner, "prepare") else {}
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
     for step in range(start_step + 1, cfg.steps + 1):
-        metrics = learner.update(to_tensors(cache.sample(cfg.batch_size, rng), device))
+        idx = rng.integers(0, cache.num_steps, size=cfg.batch_size)
+        batch = {**cache.gather(idx), **{k: v[idx] for k, v in extras.items()}}
+        last_update = learner.update(to_tensors(batch, device))
         if step % cfg.log_every == 0 or step == cfg.steps:
+            metrics = {k: float(v) for k, v in last_update.items()}  # the only host sync
             logger.log(step, metrics, prefix="train/")
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
         last = step == cfg.steps

@@ -1,10 +1,29 @@
-"""Learners, one file per algorithm, built by name from :data:`LEARNERS`."""
+"""Learners, one file per algorithm, built by name from :data:`LEARNERS`.
+
+Every learner has ``update(batch) -> dict[str, Tensor]`` (a batch of [B, ...] tensors,
+or [K, B, ...] for K fused critic updates), ``act(obs, deterministic) -> action``,
+``fit_normalizer(mean, var)``, ``state_dict()`` / ``load_state_dict()``, and
+attributes ``algo``, ``obs_dim``, ``act_dim``, ``device``. A learner that needs more
+per-transition data than the store's (Cal-QL's returns-to-go) has ``prepare(cache)``.
+"""
 from __future__ import annotations
 
 from agent.learners.bc import BC, BCConfig
+from agent.learners.calql import CalQL, CalQLConfig
+from agent.learners.cql import CQL, CQLConfig
+from agent.learners.iql import IQL, IQLConfig
+from agent.learners.sacn import SACN, SACNConfig
+from agent.learners.td3bc import TD3BC, TD3BCConfig
 
-# algo name -> (learner class, config class, config section name)
-LEARNERS = {"bc": (BC, BCConfig)}
+# algo name -> (learner class, config class); the config section has the algo's name
+LEARNERS: dict[str, tuple[type, type]] = {
+    "bc": (BC, BCConfig),
+    "iql": (IQL, IQLConfig),
+    "cql": (CQL, CQLConfig),
+    "calql": (CalQL, CalQLConfig),
+    "td3bc": (TD3BC, TD3BCConfig),
+    "sacn": (SACN, SACNConfig),
+}
 
 
 def make_learner(algo: str, cfg, obs_dim: int, act_dim: int, device: str = "cpu"):

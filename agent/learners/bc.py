@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 from agent.config import option
-from agent.nets import DeterministicActor, TanhGaussianActor, mse
+from agent.learners.common import LearnerParts
+from agent.nets import DeterministicActor, ObsNormalizer, TanhGaussianActor, mse
 
 
 @dataclass
@@ -30,6 +30,7 @@ class BCConfig:
 
 
 def gaussian_bc_loss(actor: TanhGaussianActor, batch: dict) -> tuple[torch.Tensor, dict]:
+    """``batch["obs"]`` is normalized."""
     log_prob = actor.log_prob(batch["obs"], batch["action"])
     loss = -log_prob.mean()
     return loss, {"bc_loss": loss.detach(), "log_prob": log_prob.mean().detach()}
@@ -40,38 +41,26 @@ def deterministic_bc_loss(actor: DeterministicActor, batch: dict) -> tuple[torch
     return loss, {"bc_loss": loss.detach()}
 
 
-class BC:
+class BC(LearnerParts):
     algo = "bc"
 
     def __init__(self, cfg: BCConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         actor_cls = TanhGaussianActor if cfg.head == "gaussian" else DeterministicActor
+        self.normalizer = ObsNormalizer(obs_dim).to(self.device)
         self.actor = actor_cls(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
         self.loss_fn = gaussian_bc_loss if cfg.head == "gaussian" else deterministic_bc_loss
         self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.parts = {"actor": self.actor, "normalizer": self.normalizer, "optimizer": self.optimizer}
 
-    def fit_normalizer(self, mean: np.ndarray, var: np.ndarray) -> None:
-        self.actor.normalizer.fit(mean, var)
-
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step; metrics are detached tensors (read when logged)."""
+        batch = {**batch, "obs": self.normalizer(batch["obs"])}
         loss, metrics = self.loss_fn(self.actor, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {k: float(v) for k, v in metrics.items()}
+        return metrics
 
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
-        single = obs_t.ndim == 1
-        action = self.actor(obs_t[None] if single else obs_t, deterministic=deterministic)
-        action = action.cpu().numpy()
-        return action[0] if single else action
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,109 @@
+"""Pieces several learners share: SAC-style actor and temperature losses, the soft
+Bellman target, the K-minibatch split of a fused update, optimizer construction."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from agent.nets import CriticEnsemble, TanhGaussianActor, Temperature
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Adam:
+    # The fused kernel updates every tensor in one call: on CPU it removes most of the
+    # per-parameter overhead of small updates, and on CUDA it can be graph-captured.
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def normalize_batch(batch: dict[str, torch.Tensor], normalizer: nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(batch)
+    out["obs"] = normalizer(batch["obs"])
+    if "next_obs" in batch:
+        out["next_obs"] = normalizer(batch["next_obs"])
+    return out
+
+
+def minibatches(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A fused batch carries a leading K dim ([K, B, ...]); a plain one is K = 1."""
+    if batch["obs"].dim() == 2:
+        return [batch]
+    return [{k: v[i] for k, v in batch.items()} for i in range(batch["obs"].shape[0])]
+
+
+def flatten(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if batch["obs"].dim() == 2:
+        return batch
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+
+
+def not_done(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """1 - terminated: a truncated transition still bootstraps."""
+    return 1.0 - batch["terminated"].float()
+
+
+def soft_target(critic_target: CriticEnsemble, actor: TanhGaussianActor, alpha: torch.Tensor,
+                batch: dict, gamma: float, entropy: bool = True) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) (min_e Q'_e(s', a') - alpha log pi(a'|s')), a' ~ pi(s')."""
+    with torch.no_grad():
+        next_action, next_log_prob = actor.sample(batch["next_obs"])
+        next_q = critic_target(batch["next_obs"], next_action).min(0).values
+        if entropy:
+            next_q = next_q - alpha * next_log_prob
+        return batch["reward"] + gamma * not_done(batch) * next_q
+
+
+def sac_actor_loss(actor: TanhGaussianActor, critic: CriticEnsemble, alpha: torch.Tensor, obs: torch.Tensor,
+                   reduce: str = "min") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """L = E[ alpha log pi(a|s) - Q(s, a) ], a ~ pi(s), Q the min (or mean) over the ensemble."""
+    action, log_prob = actor.sample(obs)
+    qs = critic(obs, action)
+    q = qs.min(0).values if reduce == "min" else qs.mean(0)
+    loss = (alpha.detach() * log_prob - q).mean()
+    return loss, log_prob, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach()}
+
+
+def temperature_step(temperature: Temperature, optimizer: torch.optim.Optimizer, log_prob: torch.Tensor,
+                     target_entropy: float) -> dict:
+    loss = temperature.loss(log_prob, target_entropy)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=[temperature.log_alpha])
+    optimizer.step()
+    return {"alpha": temperature().detach(), "alpha_loss": loss.detach()}
+
+
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """One optimizer step whose gradients land only on ``params`` (e.g. an actor loss
+    that runs through the critic leaves the critic's gradients untouched)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    optimizer.step()
+
+
+class LearnerParts:
+    """What every learner does the same way: normalizer fitting, acting, and a
+    checkpoint that lists its parts. A learner sets ``self.parts`` to a dict of its
+    modules and optimizers (including ``normalizer``) and ``self.actor``."""
+
+    parts: dict[str, nn.Module | torch.optim.Optimizer]
+    actor: nn.Module
+    normalizer: nn.Module
+    device: torch.device
+
+    def fit_normalizer(self, mean, var) -> None:
+        self.normalizer.fit(mean, var)
+
+    def act(self, obs, deterministic: bool = True):
+        from agent.nets import act
+
+        return act(self.actor, self.normalizer, obs, deterministic, self.device)
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted(set(self.parts) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks part(s) {', '.join(missing)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])

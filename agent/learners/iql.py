@@ -1,0 +1,97 @@
+"""Implicit Q-learning (Kostrikov et al., 2021).
+
+Value (expectile tau):  L_V = E[ |tau - 1(u < 0)| u^2 ],  u = min_e Q'_e(s, a) - V(s)
+Critic:                 L_Q = mean_e E[ (Q_e(s, a) - (r + gamma (1 - terminated) V(s')))^2 ]
+Actor (AWR):            L_pi = -E[ min(exp(beta (min_e Q'_e(s, a) - V(s))), w_max) log pi(a|s) ]
+
+tau = 0.7 for locomotion, 0.9 for sparse-reward manipulation; beta 3 to 10; w_max = 100.
+Targets are never differentiated: the critic target uses V(s') detached, the value and
+actor targets use the target critics.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from agent.config import option
+from agent.learners.common import LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, step
+from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, ValueNetwork, soft_update
+
+
+@dataclass
+class IQLConfig:
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor, critics and value")
+    num_critics: int = option(2, "critics in the ensemble")
+    expectile: float = option(0.7, "expectile tau of the value regression")
+    beta: float = option(3.0, "inverse temperature of the advantage weights")
+    max_weight: float = option(100.0, "clip of exp(beta * advantage)")
+    actor_lr: float = option(3e-4, "actor learning rate")
+    critic_lr: float = option(3e-4, "critic learning rate")
+    value_lr: float = option(3e-4, "value learning rate")
+    gamma: float = option(0.99, "discount")
+    tau: float = option(5e-3, "target update rate")
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def value_loss(value: ValueNetwork, critic_target: CriticEnsemble, batch: dict, cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        target_q = critic_target(batch["obs"], batch["action"]).min(0).values
+    v = value(batch["obs"])
+    loss = expectile_loss(target_q - v, cfg.expectile)
+    return loss, {"value_loss": loss.detach(), "v_mean": v.mean().detach()}
+
+
+def critic_loss(critic: CriticEnsemble, value: ValueNetwork, batch: dict, cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        y = batch["reward"] + cfg.gamma * not_done(batch) * value(batch["next_obs"])
+    qs = critic(batch["obs"], batch["action"])
+    loss = ((qs - y.unsqueeze(0)) ** 2).mean()
+    return loss, {"critic_loss": loss.detach(), "q_mean": qs.mean().detach()}
+
+
+def actor_loss(actor: TanhGaussianActor, value: ValueNetwork, critic_target: CriticEnsemble, batch: dict,
+               cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        advantage = critic_target(batch["obs"], batch["action"]).min(0).values - value(batch["obs"])
+        weight = torch.exp(cfg.beta * advantage).clamp(max=cfg.max_weight)
+    loss = -(weight * actor.log_prob(batch["obs"], batch["action"])).mean()
+    return loss, {"actor_loss": loss.detach(), "adv_weight": weight.mean().detach()}
+
+
+class IQL(LearnerParts):
+    algo = "iql"
+
+    def __init__(self, cfg: IQLConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.normalizer = ObsNormalizer(obs_dim).to(self.device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
+        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = ValueNetwork(obs_dim, cfg.hidden_dims).to(self.device)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
+        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, self.device)
+        self.value_opt = adam(self.value.parameters(), cfg.value_lr, self.device)
+        self.parts = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                      "value": self.value, "normalizer": self.normalizer, "actor_opt": self.actor_opt,
+                      "critic_opt": self.critic_opt, "value_opt": self.value_opt}
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = normalize_batch(batch, self.normalizer)
+        metrics: dict[str, torch.Tensor] = {}
+        for mb in minibatches(batch):
+            loss, v_metrics = value_loss(self.value, self.critic_target, mb, self.cfg)
+            step(self.value_opt, loss, list(self.value.parameters()))
+            loss, q_metrics = critic_loss(self.critic, self.value, mb, self.cfg)
+            step(self.critic_opt, loss, list(self.critic.parameters()))
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+            metrics = {**v_metrics, **q_metrics}
+        loss, a_metrics = actor_loss(self.actor, self.value, self.critic_target, flatten(batch), self.cfg)
+        step(self.actor_opt, loss, list(self.actor.parameters()))
+        return {**metrics, **a_metrics}

@@ -1,0 +1,93 @@
+"""Shared pieces of the benchmarks: results files in the BENCH.md format, resumable
+per-seed work, IQM with bootstrap confidence intervals, machine description."""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import re
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = RESULTS / "_work"
+
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+def holds(value, target: str) -> bool:
+    """Evaluate a target such as '>= 80' or '< 2' against a value."""
+    match = re.fullmatch(r"\s*(>=|<=|==|>|<)\s*(-?[0-9.eE+-]+)\s*", target)
+    if not match:
+        raise ValueError(f"target {target!r} is not of the form '<op> <number>'")
+    if value is None:
+        return False
+    return bool(_OPS[match.group(1)](float(value), float(match.group(2))))
+
+
+def row(name: str, value, unit: str, target: str, detail: str = "") -> dict:
+    return {"name": name, "value": value, "unit": unit, "target": target, "holds": holds(value, target), "detail": detail}
+
+
+def machine() -> str:
+    import torch
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} vCPU {platform.machine()}, {mem:.0f} GiB, {gpu} "
+            f"({platform.system()} {platform.release()}, python {platform.python_version()}, "
+            f"torch {torch.__version__}, numpy {np.__version__})")
+
+
+def write_results(name: str, rows: list[dict], command: str | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {"bench": name, "machine": machine(), "date": date.today().isoformat(),
+               "command": command or "python " + " ".join(sys.argv), "rows": rows}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return out
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'bar':<38}{'value':>12} {'unit':<10}{'target':>10}  holds  detail")
+    for r in rows:
+        value = r["value"] if not isinstance(r["value"], float) else f"{r['value']:.3g}"
+        print(f"{r['name']:<38}{value!s:>12} {r['unit']:<10}{r['target']:>10}  {str(r['holds']):<5}  {r['detail']}")
+
+
+def cached(bench: str, key: str, compute):
+    """Return the saved result of ``key`` or compute and save it (resumable work)."""
+    path = WORK / bench / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+def iqm_ci(scores: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Interquartile mean and a 95% bootstrap confidence interval over runs (rliable's
+    stratified bootstrap when installed; a plain percentile bootstrap otherwise)."""
+    x = np.asarray(scores, np.float64)
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+
+        point, ci = rly.get_interval_estimates({"m": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps)
+        return float(point["m"][0]), float(ci["m"][0, 0]), float(ci["m"][1, 0])
+    except ImportError:
+        from scipy import stats
+
+        def iqm(v):
+            return float(stats.trim_mean(v, 0.25))
+
+        rng = np.random.default_rng(seed)
+        boots = [iqm(rng.choice(x, x.size)) for _ in range(reps)]
+        return iqm(x), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))

@@ -1,0 +1,173 @@
+"""Learner speed bars (issue 5), ratios measured side by side in one run.
+
+    python bench/learners.py           # full
+    python bench/learners.py --quick   # fewer repetitions
+
+Rows:
+* sacn_update_vs_matmul_flops -- a 10-critic SAC-N update (3x256, batch 256) on CPU
+  reaches this fraction of the machine's matmul FLOP rate, measured with plain
+  batched matmuls of the same total FLOPs in the same run.
+* sacn_vectorized_vs_loop_small -- at an overhead-bound size (3x16, batch 4) our
+  vectorized update runs this many times the updates/s of a straightforward
+  per-critic Python loop computing the same math.
+Writes bench/results/learners.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import print_rows, row, write_results  # noqa: E402
+
+from agent.learners import SACN, SACNConfig  # noqa: E402
+from agent.learners.common import adam, not_done, step  # noqa: E402
+from agent.nets import TanhGaussianActor, Temperature, mlp  # noqa: E402
+
+OBS, ACT = 17, 6
+
+
+def make_batch(batch_size: int) -> dict[str, torch.Tensor]:
+    return {"obs": torch.randn(batch_size, OBS), "action": torch.rand(batch_size, ACT) * 2 - 1,
+            "reward": torch.randn(batch_size), "next_obs": torch.randn(batch_size, OBS),
+            "terminated": torch.zeros(batch_size, dtype=torch.bool), "truncated": torch.zeros(batch_size, dtype=torch.bool)}
+
+
+def linear_params(in_dim: int, hidden: list[int], out_dim: int) -> int:
+    dims = [in_dim, *hidden, out_dim]
+    return sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def sacn_update_flops(batch_size: int, hidden: list[int], critics: int) -> float:
+    """Matmul FLOPs of one SAC-N update (2 per multiply-add; a backward pass costs two
+    forwards when weights get gradients, one when only inputs do)."""
+    pc = linear_params(OBS + ACT, hidden, 1)
+    pa = linear_params(OBS, hidden, 2 * ACT)
+    fwd_c, fwd_a = 2 * batch_size * critics * pc, 2 * batch_size * pa
+    target = fwd_a + fwd_c                 # pi(s') and the target critics
+    critic = 3 * fwd_c                     # forward + backward with weight gradients
+    actor = 3 * fwd_a + 2 * fwd_c          # actor fwd+bwd, critic fwd + bwd to its input
+    return float(target + critic + actor)
+
+
+class LoopSACN:
+    """The same SAC-N math written the straightforward way: a list of critics, a Python
+    loop over them in the target, the critic loss and the actor loss."""
+
+    def __init__(self, cfg: SACNConfig):
+        self.cfg = cfg
+        self.actor = TanhGaussianActor(OBS, ACT, cfg.hidden_dims)
+        self.critics = nn.ModuleList(mlp(OBS + ACT, cfg.hidden_dims, 1) for _ in range(cfg.num_critics))
+        self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.temperature = Temperature(1.0)
+        dev = torch.device("cpu")
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, dev)
+        self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, dev)
+        self.alpha_opt = adam(self.temperature.parameters(), cfg.alpha_lr, dev)
+
+    def update(self, b):
+        with torch.no_grad():
+            a2, lp2 = self.actor.sample(b["next_obs"])
+            x2 = torch.cat([b["next_obs"], a2], -1)
+            q2 = torch.stack([t(x2).squeeze(-1) for t in self.targets]).min(0).values
+            y = b["reward"] + self.cfg.gamma * not_done(b) * (q2 - self.temperature() * lp2)
+        x = torch.cat([b["obs"], b["action"]], -1)
+        loss = sum(((c(x).squeeze(-1) - y) ** 2).mean() for c in self.critics)
+        step(self.critic_opt, loss, list(self.critics.parameters()))
+        with torch.no_grad():
+            for t, c in zip(self.targets, self.critics):
+                for pt, pc in zip(t.parameters(), c.parameters()):
+                    pt.mul_(1 - self.cfg.tau).add_(pc, alpha=self.cfg.tau)
+        a, lp = self.actor.sample(b["obs"])
+        xa = torch.cat([b["obs"], a], -1)
+        q = torch.stack([c(xa).squeeze(-1) for c in self.critics]).min(0).values
+        actor_loss = (self.temperature().detach() * lp - q).mean()
+        step(self.actor_opt, actor_loss, list(self.actor.parameters()))
+        alpha_loss = self.temperature.loss(lp, -float(ACT))
+        step(self.alpha_opt, alpha_loss, [self.temperature.log_alpha])
+        return {"critic_loss": loss.detach()}
+
+
+def timed(fn, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def interleaved(fns: dict, n: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of each function, alternating between them."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            times[key].append(timed(fn, n))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def flop_bar(reps: int) -> dict:
+    cfg = SACNConfig(hidden_dims=[256, 256, 256], num_critics=10)
+    learner = SACN(cfg, OBS, ACT)
+    batch = make_batch(256)
+    flops = sacn_update_flops(256, cfg.hidden_dims, cfg.num_critics)
+    # plain batched matmuls of the same FLOPs: [10, 256, 256] @ [10, 256, 256]
+    a, b = torch.randn(10, 256, 256), torch.randn(10, 256, 256)
+    per_bmm = 2 * 10 * 256 * 256 * 256
+    count = max(1, round(flops / per_bmm))
+
+    def matmuls():
+        for _ in range(count):
+            torch.bmm(a, b)
+
+    for _ in range(3):
+        learner.update(batch)
+        matmuls()
+    t = interleaved({"update": lambda: learner.update(batch), "matmul": matmuls}, n=5, reps=reps)
+    ours = flops / t["update"]
+    ref = count * per_bmm / t["matmul"]
+    return {"ratio": ours / ref, "ours_gflops": ours / 1e9, "matmul_gflops": ref / 1e9,
+            "updates_per_s": 1 / t["update"], "flops": flops}
+
+
+def loop_bar(reps: int) -> dict:
+    cfg = SACNConfig(hidden_dims=[16, 16, 16], num_critics=10)
+    torch.manual_seed(0)
+    ours, loop = SACN(cfg, OBS, ACT), LoopSACN(cfg)
+    batch = make_batch(4)
+    for _ in range(5):
+        ours.update(batch)
+        loop.update(batch)
+    t = interleaved({"ours": lambda: ours.update(batch), "loop": lambda: loop.update(batch)}, n=50, reps=reps)
+    return {"ratio": t["loop"] / t["ours"], "ours_per_s": 1 / t["ours"], "loop_per_s": 1 / t["loop"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    reps = 3 if args.quick else 9
+    threads = torch.get_num_threads()
+    f = flop_bar(reps)
+    lp = loop_bar(reps)
+    rows = [
+        row("sacn_update_vs_matmul_flops", round(f["ratio"], 3), "ratio", ">= 0.7",
+            f"10-critic SAC-N, 3x256, batch 256, CPU {threads} threads: {f['ours_gflops']:.1f} GFLOP/s "
+            f"({f['updates_per_s']:.1f} updates/s, {f['flops'] / 1e9:.2f} GFLOP each) vs bmm {f['matmul_gflops']:.1f} GFLOP/s"),
+        row("sacn_vectorized_vs_loop_small", round(lp["ratio"], 2), "ratio", ">= 4.5",
+            f"10 critics 3x16, batch 4: {lp['ours_per_s']:.0f} vs {lp['loop_per_s']:.0f} updates/s"),
+    ]
+    print_rows(rows)
+    write_results("learners" + (".quick" if args.quick else ""), rows)
+
+
+if __name__ == "__main__":
+    main()
