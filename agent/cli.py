@@ -5,22 +5,11 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agent.config import add_flags, load_yaml, merge, option, resolve
-
-
-@dataclass
-class EvalConfig:
-    run: str = option("", "run directory (or checkpoint file) whose policy is evaluated")
-    policy: str = option("", "instead of --run: 'scripted' or 'random'")
-    env: str = option("", "env id; empty means the env the run was trained for")
-    episodes: int = option(10, "episodes to roll out")
-    seed: int = option(10_000, "episode i is reset with seed + i")
-    deterministic: bool = option(True, "act with the policy's mean action")
+from agent.config import add_flags, load_yaml, resolve
 
 
 def _add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
@@ -31,6 +20,7 @@ def _add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from agent.collect import CollectConfig
+    from agent.evaluate import EvalConfig
     from agent.pretrain import PretrainConfig
 
     parser = argparse.ArgumentParser(prog="agent", description="Offline-to-online reinforcement learning for robot arms.")
@@ -39,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="roll out a policy and write episodes to a store",
                        description="Roll out a scripted, random or trained policy and append its episodes to a store.")
     _add_common(p, json_flag=True)
+    p.add_argument("--recipe", dest="config", metavar="FILE.yaml", help="a dataset recipe (datasets/*.yaml); the same as --config")
     add_flags(p, CollectConfig)
 
     p = sub.add_parser("pretrain", help="offline training on a store",
@@ -55,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarize a store", description="Episodes, steps, returns and success by source, keys, shapes and dtypes of a store.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("import", help="convert a dataset of another format into a new store",
+                       description="Read a D4RL, robomimic, Minari (hdf5 or arrow), LeRobot (v2.1/v3, low-dim) or "
+                                   "diffusion_policy zarr v2 dataset and write it as a new store with lineage.")
+    p.add_argument("--from", dest="fmt", required=True, choices=["d4rl", "robomimic", "minari", "lerobot", "zarr_v2"],
+                   help="the format of SRC")
+    p.add_argument("src", metavar="SRC", help="the file or folder to read")
+    p.add_argument("--out", required=True, metavar="STORE", help="the store to create (must not exist)")
+    p.add_argument("--env", default=None, help="env id to record (default: what the dataset states)")
+    p.add_argument("--quality", default="", help="quality tag for every imported episode (expert, medium, ...)")
+    p.add_argument("--obs-keys", default=None, help="comma-separated observation keys to concatenate, in order")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("export", help="write a store in another format",
+                       description="Write the committed episodes of a store as a D4RL hdf5 file.")
+    p.add_argument("--to", dest="fmt", required=True, choices=["d4rl"], help="the format to write")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("out", metavar="OUT", help="the file to write")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("fsck", help="check a store and trim what a killed writer left",
+                       description="Take the writer lock, delete temporary files, trim rows past the commit record, "
+                                   "verify every committed chunk and the episode bookkeeping.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--check", action="store_true", help="only report; change nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("demo", help="collect, pretrain and evaluate on the default task; print a table",
                        description="The quick-start job: collect random/medium/expert datasets, pretrain BC on each, evaluate, print normalized scores.")
@@ -103,7 +120,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from agent.evaluate import evaluate
+    from agent.evaluate import EvalConfig, evaluate
 
     cfg = resolve(EvalConfig, args, args.config)
     if bool(cfg.run) == bool(cfg.policy):
@@ -131,7 +148,7 @@ def cmd_eval(args) -> int:
                 return RandomPolicy(int(np.prod(env.action_space.shape)), seed=cfg.seed)
         else:
             raise ValueError(f"--policy must be 'scripted' or 'random', got {cfg.policy!r}.")
-    result = evaluate(env_id, make_policy, cfg.episodes, seed=cfg.seed, progress=True)
+    result = evaluate(env_id, make_policy, cfg.episodes, seed=cfg.seed, progress=True, video=cfg.video, video_episodes=cfg.video_episodes)
     if cfg.run and Path(cfg.run).is_dir():
         (Path(cfg.run) / "eval.json").write_text(json.dumps(result, indent=2))
     shown = {k: v for k, v in result.items() if k != "returns"}
@@ -148,6 +165,30 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from agent.store.importers import import_dataset
+
+    options = {"obs_keys": args.obs_keys.split(",")} if args.obs_keys else {}
+    result = import_dataset(args.fmt, args.src, args.out, quality=args.quality, env_id=args.env, **options)
+    _print(result, args.json)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from agent.store.importers import export_dataset
+
+    _print(export_dataset(args.fmt, args.store, args.out), args.json)
+    return 0
+
+
+def cmd_fsck(args) -> int:
+    from agent.store import fsck
+
+    report = fsck(args.store, repair=not args.check)
+    _print(report, args.json)
+    return 0 if not report["problems"] else 1
+
+
 def cmd_demo(args) -> int:
     from agent.demo import run_demo
 
@@ -155,7 +196,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo}
+COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo,
+            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck}
 
 
 def main(argv: list[str] | None = None) -> int:

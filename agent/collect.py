@@ -1,17 +1,34 @@
-"""``agent collect``: roll out a policy and append its episodes to a store."""
+"""``agent collect``: roll out a policy and append its episodes to a store.
+
+Episode i is reset with ``seed + i`` and its action noise comes from a generator
+seeded by ``(seed, i)``, so a dataset does not depend on how many worker processes
+collected it. With ``num_envs`` K > 1, K subprocesses roll out episodes i = k, k + K, ...
+and send each finished episode back to this process, the store's one writer, which
+appends them in episode order.
+
+Noise per episode: ``noise`` and ``epsilon`` are the values of episode 0; with a
+``schedule`` other than constant they move to ``noise_end`` / ``epsilon_end`` by the
+last episode (replay-like data from a controller that gets better over time);
+``mix_epsilons`` cycles through several epsilons instead (a mixture of qualities).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import queue as queue_module
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
 import numpy as np
 from tqdm import tqdm
 
-from agent.config import option, to_dict
+from agent.config import from_dict, option, to_dict
 from agent.envs import make_env, reference_returns
 from agent.store import EpisodeAttrs, Store
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -19,11 +36,19 @@ class CollectConfig:
     env: str = option("", "gymnasium id of the task, e.g. dmc/reacher-hard-v0")
     policy: str = option("scripted", "'scripted' (the task's expert), 'random', or a run directory / checkpoint file")
     episodes: int = option(10, "number of episodes to collect")
-    noise: float = option(0.0, "std of Gaussian noise added to the policy's actions (actions in [-1, 1])")
-    epsilon: float = option(0.0, "probability of replacing an action by a uniform random one")
-    seed: int = option(0, "episode i is reset with seed + i; the noise generator is seeded from it too")
-    quality: str = option("", "quality tag stored with each episode (random, medium, expert, ...)")
+    noise: float = option(0.0, "std of Gaussian noise added to the policy's actions (actions in [-1, 1]); episode 0's value under a schedule")
+    epsilon: float = option(0.0, "probability of replacing an action by a uniform random one; episode 0's value under a schedule")
+    schedule: Literal["constant", "linear", "exponential"] = option(
+        "constant", "how noise and epsilon move from their values to noise_end / epsilon_end over the episodes")
+    noise_end: float | None = option(None, "noise of the last episode under a schedule (empty: noise stays constant)")
+    epsilon_end: float | None = option(None, "epsilon of the last episode under a schedule (empty: epsilon stays constant)")
+    mix_epsilons: list[float] = option([], "episode i uses epsilon mix_epsilons[i % n]: a mixture of quality levels in one dataset")
+    seed: int = option(0, "episode i is reset with seed + i; its noise generator is seeded from (seed, i)")
+    quality: str = option("", "quality tag stored with each episode (random, medium, expert, mixed, replay, ...)")
     save_sim_state: bool = option(True, "store info['sim_state'] at every step (exact physics restore)")
+    num_envs: int = option(1, "episodes are rolled out in this many subprocesses; this process alone writes the store")
+    video: str = option("", "write the first video_episodes episodes to this .mp4 (rendered headless)")
+    video_episodes: int = option(1, "how many episodes --video shows")
     out: str = option("", "store path; created if missing, appended to if it is a store of the same env")
 
 
@@ -31,22 +56,170 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _make_policy(cfg: CollectConfig, env):
-    from sims.experts import NoisyPolicy, RandomPolicy  # the policies live with the tasks
+def _scheduled(start: float, end: float | None, schedule: str, frac: float, name: str) -> float:
+    if end is None or schedule == "constant":
+        return start
+    if schedule == "linear":
+        return start + (end - start) * frac
+    if start <= 0 or end <= 0:
+        raise ValueError(f"an exponential schedule needs {name} and {name}_end above 0, got {start} and {end}; use 'linear' to reach 0.")
+    return float(start * (end / start) ** frac)
 
-    act_dim = int(np.prod(env.action_space.shape))
-    if cfg.policy == "random":
-        base, source = RandomPolicy(act_dim, seed=cfg.seed), "random"
-    elif cfg.policy == "scripted":
-        from sims.experts import make_expert
 
-        base, source = make_expert(cfg.env, env), "scripted"
-    else:
-        from agent.policy import load_policy
+def episode_noise(cfg: CollectConfig, i: int) -> tuple[float, float]:
+    """(noise, epsilon) of episode i."""
+    frac = i / (cfg.episodes - 1) if cfg.episodes > 1 else 0.0
+    noise = _scheduled(cfg.noise, cfg.noise_end, cfg.schedule, frac, "noise")
+    epsilon = _scheduled(cfg.epsilon, cfg.epsilon_end, cfg.schedule, frac, "epsilon")
+    if cfg.mix_epsilons:
+        epsilon = cfg.mix_epsilons[i % len(cfg.mix_epsilons)]
+    return noise, epsilon
 
-        learned = load_policy(cfg.policy, cfg.env, int(np.prod(env.observation_space.shape)), act_dim)
-        base, source = (lambda obs: learned.act(obs, deterministic=True)), "policy"
-    return NoisyPolicy(base, act_dim, noise=cfg.noise, epsilon=cfg.epsilon, seed=cfg.seed + 7919), source
+
+def _check(cfg: CollectConfig) -> None:
+    if not cfg.env:
+        raise ValueError("collect needs --env (a gymnasium id such as dmc/reacher-hard-v0).")
+    if not cfg.out:
+        raise ValueError("collect needs --out (the store to write).")
+    if cfg.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {cfg.episodes}.")
+    if cfg.num_envs < 1:
+        raise ValueError(f"--num-envs must be at least 1, got {cfg.num_envs}.")
+    for value, end, name in ((cfg.noise, cfg.noise_end, "noise"), (cfg.epsilon, cfg.epsilon_end, "epsilon")):
+        if value < 0 or (end is not None and end < 0):
+            raise ValueError(f"{name} and {name}_end must be >= 0, got {value} and {end}.")
+    if any(not 0.0 <= e <= 1.0 for e in [cfg.epsilon, cfg.epsilon_end or 0.0, *cfg.mix_epsilons]):
+        raise ValueError(f"epsilons must lie in [0, 1], got epsilon={cfg.epsilon}, epsilon_end={cfg.epsilon_end}, mix_epsilons={cfg.mix_epsilons}.")
+    if cfg.video and not cfg.video.endswith(".mp4"):
+        raise ValueError(f"--video must name an .mp4 file, got {cfg.video!r}.")
+
+
+class EpisodePolicies:
+    """The base policy bound to one env, and each episode's noisy version of it."""
+
+    def __init__(self, cfg: CollectConfig, env):
+        self.cfg = cfg
+        self.act_dim = int(np.prod(env.action_space.shape))
+        self.base: PolicyFn | None = None
+        if cfg.policy == "random":
+            self.source = "random"
+        elif cfg.policy == "scripted":
+            from sims.experts import make_expert  # the policies live with the tasks
+
+            self.base, self.source = make_expert(cfg.env, env), "scripted"
+        else:
+            from agent.policy import load_policy
+
+            learned = load_policy(cfg.policy, cfg.env, int(np.prod(env.observation_space.shape)), self.act_dim)
+            self.base, self.source = (lambda obs: learned.act(obs, deterministic=True)), "policy"
+
+    def for_episode(self, i: int) -> PolicyFn:
+        from sims.experts import NoisyPolicy, RandomPolicy
+
+        seed = self.cfg.seed * 1_000_003 + i
+        base = self.base if self.base is not None else RandomPolicy(self.act_dim, seed=seed + 7919)
+        noise, epsilon = episode_noise(self.cfg, i)
+        return NoisyPolicy(base, self.act_dim, noise=noise, epsilon=epsilon, seed=seed)
+
+
+def rollout_episode(env, policy: PolicyFn, seed: int, sim_keys: list[str]) -> dict:
+    """One episode in the store's episode format."""
+    obs, info = env.reset(seed=seed)
+    steps: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated")}
+    sim: dict[str, list] = {k: [] for k in sim_keys}
+    done = False
+    while not done:
+        for k in sim_keys:
+            sim[k].append(np.asarray(info["sim_state"][k], np.float64).ravel())
+        action = policy(obs)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for k, v in (("obs", obs), ("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+            steps[k].append(v)
+        obs, done = next_obs, terminated or truncated
+    return {
+        "obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
+        "reward": np.asarray(steps["reward"], np.float32),
+        "terminated": np.asarray(steps["terminated"], bool), "truncated": np.asarray(steps["truncated"], bool),
+        "final_obs": np.asarray(obs, np.float32), "success": bool(info.get("success", False)),
+        **{f"sim_state/{k}": np.asarray(v) for k, v in sim.items()},
+    }
+
+
+def _worker(cfg_dict: dict, indices: list[int], sim_keys: list[str], results) -> None:
+    """Subprocess: roll out episodes ``indices`` and send each one to the writer."""
+    try:
+        cfg = from_dict(CollectConfig, cfg_dict)
+        env = make_env(cfg.env)
+        policies = EpisodePolicies(cfg, env)
+        for i in indices:
+            results.put((i, rollout_episode(env, policies.for_episode(i), cfg.seed + i, sim_keys)))
+        env.close()
+    except Exception as exc:  # reported by the writer as one readable error
+        results.put((-1, f"{type(exc).__name__}: {exc}"))
+
+
+def _episodes_from_workers(cfg: CollectConfig, sim_keys: list[str]):
+    """Yield (i, episode) in episode order from ``cfg.num_envs`` subprocesses."""
+    ctx = multiprocessing.get_context("spawn")  # no forked copies of torch or GL state
+    results = ctx.Queue(maxsize=4 * cfg.num_envs)
+    procs = [ctx.Process(target=_worker, args=(to_dict(cfg), list(range(k, cfg.episodes, cfg.num_envs)), sim_keys, results),
+                         daemon=True) for k in range(cfg.num_envs)]
+    for p in procs:
+        p.start()
+    pending: dict[int, dict] = {}
+    try:
+        for want in range(cfg.episodes):
+            while want not in pending:
+                try:
+                    i, episode = results.get(timeout=5.0)
+                except queue_module.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        raise ValueError("all collection workers exited before sending every episode.") from None
+                    continue
+                if i < 0:
+                    raise ValueError(f"a collection worker failed: {episode}")
+                pending[i] = episode
+            yield want, pending.pop(want)
+    finally:
+        for p in procs:
+            p.join(timeout=10.0)
+            if p.is_alive():
+                p.terminate()
+
+
+def collect(cfg: CollectConfig, progress: bool = True) -> dict:
+    _check(cfg)
+    env = make_env(cfg.env)
+    store: Store | None = None
+    try:
+        policies = EpisodePolicies(cfg, env)
+        _, info = env.reset(seed=cfg.seed)
+        store = open_or_create(cfg.out, cfg.env, env, info.get("sim_state") if cfg.save_sim_state else None)
+        sim_keys = store.sim_state_keys()
+        if cfg.num_envs > 1:
+            episodes = _episodes_from_workers(cfg, sim_keys)
+        else:
+            episodes = ((i, rollout_episode(env, policies.for_episode(i), cfg.seed + i, sim_keys)) for i in range(cfg.episodes))
+        returns, successes, shown = [], [], []
+        for i, episode in tqdm(episodes, total=cfg.episodes, desc=f"collect {cfg.env}", disable=None if progress else True):
+            store.append_episode(episode, EpisodeAttrs(
+                source=policies.source, generator_hash=config_hash(cfg), quality=cfg.quality, seed=cfg.seed + i,
+                checkpoint=cfg.policy if policies.source == "policy" else ""))
+            returns.append(float(episode["reward"].sum()))
+            successes.append(episode["success"])
+            if cfg.video and i < cfg.video_episodes:
+                shown.append((cfg.seed + i, episode["action"]))
+        if cfg.video:
+            from agent.video import replay_video
+
+            replay_video(env, shown, cfg.video)
+    finally:
+        env.close()
+        if store is not None:
+            store.close()  # trims chunks grown ahead and releases the writer lock
+    return {"store": cfg.out, "episodes": store.num_episodes, "steps": store.num_steps,
+            "collected": cfg.episodes, "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes)),
+            **({"video": cfg.video} if cfg.video else {})}
 
 
 def open_or_create(path: str, env_id: str, env, sim_state: dict | None) -> Store:
@@ -61,50 +234,3 @@ def open_or_create(path: str, env_id: str, env, sim_state: dict | None) -> Store
         control_rate=getattr(env.unwrapped, "control_rate", None), reference_returns=reference_returns(env_id),
         sim_state_dims=dims,
     )
-
-
-def collect(cfg: CollectConfig, progress: bool = True) -> dict:
-    if not cfg.env:
-        raise ValueError("collect needs --env (a gymnasium id such as dmc/reacher-hard-v0).")
-    if not cfg.out:
-        raise ValueError("collect needs --out (the store to write).")
-    if cfg.episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {cfg.episodes}.")
-    env = make_env(cfg.env)
-    try:
-        policy, source = _make_policy(cfg, env)
-        _, info = env.reset(seed=cfg.seed)
-        store = open_or_create(cfg.out, cfg.env, env, info.get("sim_state") if cfg.save_sim_state else None)
-        keep_sim = store.sim_state_keys()
-        returns, successes = [], []
-        for i in tqdm(range(cfg.episodes), desc=f"collect {cfg.env}", disable=None if progress else True):
-            seed = cfg.seed + i
-            obs, info = env.reset(seed=seed)
-            steps: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated")}
-            sim: dict[str, list] = {k: [] for k in keep_sim}
-            done = False
-            while not done:
-                for k in keep_sim:
-                    sim[k].append(np.asarray(info["sim_state"][k], np.float64).ravel())
-                action = policy(obs)
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                for k, v in (("obs", obs), ("action", action), ("reward", reward),
-                             ("terminated", terminated), ("truncated", truncated)):
-                    steps[k].append(v)
-                obs, done = next_obs, terminated or truncated
-            episode = {
-                "obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
-                "reward": np.asarray(steps["reward"], np.float32),
-                "terminated": np.asarray(steps["terminated"], bool), "truncated": np.asarray(steps["truncated"], bool),
-                "final_obs": np.asarray(obs, np.float32), "success": bool(info.get("success", False)),
-                **{f"sim_state/{k}": np.asarray(v) for k, v in sim.items()},
-            }
-            store.append_episode(episode, EpisodeAttrs(
-                source=source, generator_hash=config_hash(cfg), quality=cfg.quality, seed=seed,
-                checkpoint=cfg.policy if source == "policy" else ""))
-            returns.append(float(episode["reward"].sum()))
-            successes.append(episode["success"])
-    finally:
-        env.close()
-    return {"store": cfg.out, "episodes": store.num_episodes, "steps": store.num_steps,
-            "collected": cfg.episodes, "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes))}

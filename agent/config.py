@@ -158,7 +158,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             add_flags(parser, tp, prefix=dest + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{help_text} (default: {default!r})"
+        help_text = f"{help_text} (default: {default!r})".replace("%", "%%")  # argparse formats help
         _, inner = _is_optional(tp)
         origin = get_origin(inner)
         kw: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)

@@ -1,79 +1,84 @@
 """``agent demo`` / ``make demo``: the whole path on the default task.
 
-Collect random, medium and expert datasets with the task's scripted expert and noise,
-pretrain BC on each, evaluate every policy in the simulator and print a table of
-D4RL-style normalized scores (random policy, dataset, BC).
+The default task is the project's own arm, ``sims/ArmReach-v0``. The demo collects its
+random, medium and expert datasets from the recipes in ``datasets/`` (fewer episodes
+than the full recipes), pretrains BC on each and IQL on the medium data, evaluates every
+policy in the simulator and prints a table of D4RL-style normalized scores
+(0 = uniform random policy, 100 = scripted expert).
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.collect import CollectConfig, collect
+from agent.config import from_dict, load_yaml
 from agent.envs import normalized_score
 from agent.evaluate import evaluate
 from agent.pretrain import PretrainConfig, pretrain
 from agent.store import Store
 
-DEFAULT_ENV = "dmc/reacher-hard-v0"
+DEFAULT_ENV = "sims/ArmReach-v0"
+RECIPES = Path(__file__).resolve().parents[1] / "datasets"
+TIERS = ("random", "medium", "expert")
+# offline RL runs on the medium tier, where imitation alone is not enough
+OFFLINE_RL = {"algo": "iql", "iql": {"expectile": 0.9, "beta": 3.0}}
 
 
-@dataclass
-class Tier:
-    name: str
-    policy: str
-    noise: float
-    epsilon: float
-    episodes: int
-    seed: int
+def _recipe(tier: str) -> dict:
+    path = RECIPES / f"arm-reach-{tier}.yaml"
+    if not path.is_file():
+        raise ValueError(f"the demo's recipe {str(path)!r} is missing; run the demo from a checkout of the project.")
+    return load_yaml(path)
 
 
-TIERS = [
-    Tier("random", "random", 0.0, 0.0, 20, 1_000),
-    Tier("medium", "scripted", 0.0, 0.9, 50, 2_000),
-    Tier("expert", "scripted", 0.1, 0.0, 50, 3_000),
-]
+def _evaluate_run(run_dir: Path, episodes: int) -> dict:
+    from agent.policy import load_policy
+
+    def make_policy(env):
+        learner = load_policy(str(run_dir), DEFAULT_ENV, env.observation_space.shape[0], env.action_space.shape[0])
+        return lambda obs: learner.act(obs, deterministic=True)
+
+    result = evaluate(DEFAULT_ENV, make_policy, episodes, progress=True)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
-def run_demo(out: str | Path, env_id: str = DEFAULT_ENV, quick: bool = False) -> dict:
+def run_demo(out: str | Path, quick: bool = False) -> dict:
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    scale = 0.08 if quick else 1.0
-    steps = 300 if quick else 20_000
-    eval_episodes = 2 if quick else 10
+    episodes = 10 if quick else 100
+    steps = 200 if quick else 5_000
+    eval_episodes = 3 if quick else 20
     started = time.time()
+    from sims.experts import RandomPolicy  # the baseline row of the table
+
+    random_eval = evaluate(DEFAULT_ENV, lambda env: RandomPolicy(env.action_space.shape[0], seed=0), eval_episodes)
     rows = []
-    from sims.experts import RandomPolicy  # baseline policy for the table
-
-    random_eval = evaluate(env_id, lambda env: RandomPolicy(env.action_space.shape[0], seed=0), eval_episodes, progress=True)
     for tier in TIERS:
-        store_path = out / f"{tier.name}.zarr"
-        collect(CollectConfig(env=env_id, policy=tier.policy, episodes=max(2, int(tier.episodes * scale)),
-                              noise=tier.noise, epsilon=tier.epsilon, seed=tier.seed, quality=tier.name,
-                              out=str(store_path)))
-        store = Store.open(store_path)
-        dataset_return = float(store.read("meta/episodes/return").mean())
-        run_dir = out / f"bc-{tier.name}"
-        pretrain(PretrainConfig(data=str(store_path), algo="bc", out=str(run_dir), steps=steps,
-                                eval_episodes=0, checkpoint_every=steps, seed=0))
-        from agent.policy import load_policy
-
-        def make_policy(env, run_dir=run_dir):
-            learner = load_policy(str(run_dir), env_id, env.observation_space.shape[0], env.action_space.shape[0])
-            return lambda obs: learner.act(obs, deterministic=True)
-
-        bc_eval = evaluate(env_id, make_policy, eval_episodes, progress=True)
-        (run_dir / "eval.json").write_text(json.dumps(bc_eval, indent=2))
-        rows.append({"dataset": tier.name, "episodes": store.num_episodes, "steps": store.num_steps,
-                     "dataset_score": normalized_score(env_id, dataset_return),
-                     "bc_score": bc_eval["normalized_score"], "bc_success": bc_eval["success_rate"]})
-    table = {"env_id": env_id, "random_policy_score": random_eval["normalized_score"], "rows": rows,
-             "seconds": round(time.time() - started, 1), "quick": quick}
+        store_path = out / f"{tier}.zarr"
+        collect(from_dict(CollectConfig, {**_recipe(tier), "episodes": episodes, "out": str(store_path),
+                                          "num_envs": 1 if quick else 2}))
+        dataset_return = float(Store.open(store_path).read("meta/episodes/return").mean())
+        runs: dict[str, dict] = {"bc": {"algo": "bc"}}
+        if tier == "medium":
+            runs[OFFLINE_RL["algo"]] = OFFLINE_RL
+        scores = {}
+        for name, settings in runs.items():
+            run_dir = out / f"{name}-{tier}"
+            pretrain(from_dict(PretrainConfig, {"data": str(store_path), "out": str(run_dir), "steps": steps,
+                                                "eval_episodes": 0, "checkpoint_every": steps, **settings}))
+            scores[name] = _evaluate_run(run_dir, eval_episodes)
+        rows.append({"dataset": tier, "episodes": episodes,
+                     "dataset_score": normalized_score(DEFAULT_ENV, dataset_return),
+                     **{f"{name}_score": r["normalized_score"] for name, r in scores.items()},
+                     **{f"{name}_success": r["success_rate"] for name, r in scores.items()}})
+    table = {"env_id": DEFAULT_ENV, "random_policy_score": random_eval["normalized_score"], "rows": rows,
+             "updates": steps, "seconds": round(time.time() - started, 1), "quick": quick}
     (out / "results.json").write_text(json.dumps(table, indent=2))
     print(format_table(table))
     return table
@@ -84,15 +89,19 @@ def _fmt(x) -> str:
 
 
 def format_table(table: dict) -> str:
+    algo = OFFLINE_RL["algo"].upper()
     lines = [
-        f"Normalized scores on {table['env_id']} (100 = scripted expert, 0 = random policy)",
+        f"Normalized scores on {table['env_id']} (0 = random policy, 100 = scripted expert), "
+        f"{table['updates']} updates per run",
         f"random policy: {_fmt(table['random_policy_score'])}",
         "",
-        f"| {'dataset':<8} | {'episodes':>8} | {'dataset score':>13} | {'BC score':>8} | {'BC success':>10} |",
-        f"|{'-' * 10}|{'-' * 10}|{'-' * 15}|{'-' * 10}|{'-' * 12}|",
+        f"| {'dataset':<8} | {'episodes':>8} | {'dataset':>8} | {'BC':>6} | {algo:>6} | {'BC success':>10} |",
+        f"|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 12}|",
     ]
     for r in table["rows"]:
-        lines.append(f"| {r['dataset']:<8} | {r['episodes']:>8} | {_fmt(r['dataset_score']):>13} | "
-                     f"{_fmt(r['bc_score']):>8} | {_fmt(None if r['bc_success'] is None else 100 * r['bc_success']):>9}% |")
-    lines.append(f"\n({table['seconds']} s)")
+        success = r.get("bc_success")
+        lines.append(f"| {r['dataset']:<8} | {r['episodes']:>8} | {_fmt(r['dataset_score']):>8} | {_fmt(r.get('bc_score')):>6} | "
+                     f"{_fmt(r.get(OFFLINE_RL['algo'] + '_score')):>6} | "
+                     f"{'-' if success is None else f'{100 * success:.0f}%':>10} |")
+    lines.append(f"\n({table['seconds']} s; stores and runs under the demo's --out directory)")
     return "\n".join(lines)

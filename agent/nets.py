@@ -4,7 +4,8 @@
 * :class:`CriticEnsemble` -- E critics as stacked weights ``[E, in, out]`` run with one
   batched matmul per layer (no Python loop over members), optional LayerNorm.
 * :class:`ValueNetwork` -- V(s) for IQL.
-* :class:`TanhGaussianActor`, :class:`DeterministicActor`.
+* :class:`TanhGaussianActor` (SAC family), :class:`GaussianActor` (likelihood-based
+  imitation), :class:`DeterministicActor`.
 * :class:`Temperature` -- auto-tuned entropy coefficient.
 * :func:`soft_update` -- one fused lerp over all target parameters.
 
@@ -155,6 +156,32 @@ class TanhGaussianActor(nn.Module):
 def _squashed_log_prob(u, action, mu, log_std) -> torch.Tensor:
     gauss = -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     return (gauss - torch.log1p(-action.pow(2) + 1e-6)).sum(-1)
+
+
+class GaussianActor(nn.Module):
+    """a ~ N(tanh(mu(s)), sigma(s)): a Gaussian over actions whose mean is bounded.
+
+    Unlike the tanh-squashed distribution, its likelihood stays finite for dataset
+    actions on the bounds (clipped noisy demonstrations), so it is the head for
+    likelihood-based imitation (BC, IQL's advantage-weighted regression)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dims: list[int], layer_norm: bool = False):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_dims, 2 * act_dim, layer_norm)
+
+    def dist_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(obs).chunk(2, dim=-1)
+        return torch.tanh(mu), log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self.dist_params(obs)
+        return (-0.5 * ((action - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        mean, log_std = self.dist_params(obs)
+        if deterministic:
+            return mean
+        return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
 
 
 class DeterministicActor(nn.Module):

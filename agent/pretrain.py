@@ -35,6 +35,8 @@ class PretrainConfig:
     checkpoint_every: int = option(5_000, "save checkpoints/latest.pt and a step-numbered copy every this many updates")
     log_every: int = option(250, "write training metrics every this many updates")
     device: str = option("cpu", "torch device: cpu, cuda, or auto")
+    compile: bool = option(False, "torch.compile the learner's update (first updates are slow while it compiles)")
+    autocast: Literal["none", "bf16"] = option("none", "run forward and backward passes under bfloat16 autocast")
     bc: BCConfig = section(BCConfig, "behaviour cloning settings")
     iql: IQLConfig = section(IQLConfig, "IQL settings")
     cql: CQLConfig = section(CQLConfig, "CQL settings")
@@ -59,6 +61,20 @@ def to_tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Ten
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
 
+def make_update_fn(learner, cfg: PretrainConfig):
+    """The learner's update, optionally compiled and under autocast."""
+    update = torch.compile(learner.update) if cfg.compile else learner.update
+    if cfg.autocast == "none":
+        return update
+    device_type = torch.device(str(learner.device)).type
+
+    def autocast_update(batch):
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            return update(batch)
+
+    return autocast_update
+
+
 def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLogger, rng: np.random.Generator,
         start_step: int = 0, env_id: str | None = None, progress: bool = True) -> dict:
     """Train ``learner`` from ``start_step`` to ``cfg.steps``; returns the last metrics."""
@@ -67,11 +83,12 @@ def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLog
     metrics: dict[str, float] = {}
     last_update: dict = {}
     extras = learner.prepare(cache) if hasattr(learner, "prepare") else {}
+    update = make_update_fn(learner, cfg)
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
     for step in range(start_step + 1, cfg.steps + 1):
         idx = rng.integers(0, cache.num_steps, size=cfg.batch_size)
         batch = {**cache.gather(idx), **{k: v[idx] for k, v in extras.items()}}
-        last_update = learner.update(to_tensors(batch, device))
+        last_update = update(to_tensors(batch, device))
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = {k: float(v) for k, v in last_update.items()}  # the only host sync
             logger.log(step, metrics, prefix="train/")

@@ -26,8 +26,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from common import RESULTS, WORK, cached, iqm_ci, print_rows, row, write_results  # noqa: E402
 
-ENV = "dmc/reacher-hard-v0"
-RECIPE = ROOT / "datasets" / "reacher-hard-expert.yaml"
+ENV = "sims/ArmReach-v0"  # the default task (agent.demo.DEFAULT_ENV)
+RECIPE = ROOT / "datasets" / "arm-reach-expert.yaml"
 
 
 def expert_store(work: Path) -> Path:
@@ -131,7 +131,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--fresh-clone", action="store_true", help="also run `make test` in a fresh clone")
     args = p.parse_args()
     seeds = 1 if args.quick else args.seeds
@@ -150,7 +150,7 @@ def main() -> None:
     rows = [row("bc_expert_normalized_score", round(mean, 2), "score", ">= 80",
                 f"mean over {seeds} seeds of 20 eval episodes each; per seed {[round(s, 1) for s in scores]}; "
                 f"IQM {iqm:.1f} [95% CI {lo:.1f}, {hi:.1f}]; {steps} updates, batch 256, "
-                f"data: datasets/reacher-hard-expert.yaml")]
+                f"data: datasets/arm-reach-expert.yaml")]
     ok, total, messages = bad_inputs(work, store)
     rows.append(row("bad_input_refused_one_line", ok, "cases", f">= {total}", " | ".join(messages)))
     if not args.quick:

@@ -10,6 +10,10 @@ Rows:
 * sacn_vectorized_vs_loop_small -- at an overhead-bound size (3x16, batch 4) our
   vectorized update runs this many times the updates/s of a straightforward
   per-critic Python loop computing the same math.
+* <algo>_medium_score, iql_beats_bc, calql_beats_bc -- offline learning on the medium
+  dataset of the default task (datasets/reacher-hard-medium.yaml): normalized score
+  of BC, IQL and Cal-QL, 3 seeds each (IQM and 95% bootstrap CI), with a plot
+  (learners_medium.png). Seeds are cached in bench/results/_work/learners/ as they finish.
 Writes bench/results/learners.json.
 """
 from __future__ import annotations
@@ -150,9 +154,103 @@ def loop_bar(reps: int) -> dict:
     return {"ratio": t["loop"] / t["ours"], "ours_per_s": 1 / t["ours"], "loop_per_s": 1 / t["loop"]}
 
 
+ENV = "dmc/reacher-hard-v0"
+LEARNING = {  # CPU-sized settings, stated in the results
+    "bc": {},
+    "iql": {"iql": {"expectile": 0.9, "beta": 3.0}},
+    "calql": {"calql": {"hidden_dims": [256, 256], "alpha_cql": 5.0}},
+}
+
+
+def medium_store(work: Path) -> Path:
+    from agent.collect import CollectConfig, collect
+    from agent.config import from_dict, load_yaml
+
+    out = work / "medium.zarr"
+    if not (out / "zarr.json").exists():
+        collect(from_dict(CollectConfig, {**load_yaml(ROOT / "datasets" / "reacher-hard-medium.yaml"), "out": str(out)}))
+    return out
+
+
+def learning_seed(store: Path, work: Path, algo: str, seed: int, steps: int) -> dict:
+    import shutil
+
+    from agent.config import from_dict
+    from agent.evaluate import evaluate
+    from agent.logger import read_metrics
+    from agent.policy import load_policy
+    from agent.pretrain import PretrainConfig, pretrain
+
+    run = work / f"{algo}-seed{seed}"
+    if run.exists():
+        shutil.rmtree(run)
+    cfg = from_dict(PretrainConfig, {"data": str(store), "out": str(run), "algo": algo, "steps": steps, "seed": seed,
+                                     "eval_every": steps // 5, "eval_episodes": 5, "checkpoint_every": steps,
+                                     **LEARNING[algo]})
+    started = time.time()
+    pretrain(cfg)
+    seconds = time.time() - started
+
+    def make_policy(env):
+        learner = load_policy(str(run), ENV, env.observation_space.shape[0], env.action_space.shape[0])
+        return lambda obs: learner.act(obs, deterministic=True)
+
+    final = evaluate(ENV, make_policy, 20, seed=30_000 + 100 * seed)
+    curve = [(m["step"], m["eval/normalized_score"]) for m in read_metrics(run) if "eval/normalized_score" in m]
+    return {"algo": algo, "seed": seed, "final_score": final["normalized_score"], "curve": curve, "seconds": seconds}
+
+
+def learning_rows(seeds: int, steps: int) -> list[dict]:
+    from common import WORK, cached, iqm_ci
+
+    work = WORK / "learners"
+    work.mkdir(parents=True, exist_ok=True)
+    store = medium_store(work)
+    results = {algo: [cached("learners", f"{algo}-s{steps}-seed{s}", lambda a=algo, s=s: learning_seed(store, work, a, s, steps))
+                      for s in range(seeds)] for algo in LEARNING}
+    plot_learning(results, ROOT / "bench" / "results" / "learners_medium.png")
+    iqm, text = {}, {}
+    for algo, runs in results.items():
+        scores = [r["final_score"] for r in runs]
+        iqm[algo], lo, hi = iqm_ci(scores)
+        text[algo] = (f"{algo}: IQM {iqm[algo]:.1f} [95% CI {lo:.1f}, {hi:.1f}], seeds {[round(x, 1) for x in scores]}, "
+                      f"{statistics.mean(r['seconds'] for r in runs):.0f} s/run, settings {LEARNING[algo]}")
+    return [row(f"{algo}_beats_bc_on_medium", round(iqm[algo] - iqm["bc"], 2), "points", "> 0",
+                f"normalized-score IQM difference over {seeds} seeds, {steps} updates, batch 256, on {ENV} medium data; "
+                f"{text[algo]}; {text['bc']}") for algo in ("iql", "calql")]
+
+
+def plot_learning(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo, runs in results.items():
+        curves = [r["curve"] for r in runs if r["curve"]]
+        if not curves:
+            continue
+        steps = [s for s, _ in curves[0]]
+        scores = np.array([[v for _, v in c] for c in curves])
+        ax.plot(steps, scores.mean(0), marker="o", label=f"{algo} (n={len(curves)})")
+        ax.fill_between(steps, scores.min(0), scores.max(0), alpha=0.2)
+    ax.set_xlabel("gradient updates")
+    ax.set_ylabel("normalized score (5 eval episodes)")
+    ax.set_title(f"Offline learning on {ENV} medium data")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip-learning", action="store_true", help="only the speed ratios")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20_000)
     args = p.parse_args()
     reps = 3 if args.quick else 9
     threads = torch.get_num_threads()
@@ -165,6 +263,8 @@ def main() -> None:
         row("sacn_vectorized_vs_loop_small", round(lp["ratio"], 2), "ratio", ">= 4.5",
             f"10 critics 3x16, batch 4: {lp['ours_per_s']:.0f} vs {lp['loop_per_s']:.0f} updates/s"),
     ]
+    if not args.skip_learning:
+        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
     print_rows(rows)
     write_results("learners" + (".quick" if args.quick else ""), rows)
 

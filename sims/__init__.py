@@ -2,7 +2,8 @@
 
 Importing this package registers every task with gymnasium:
 
-* ``dmc/<domain>-<task>-v0`` for every dm_control suite task.
+* ``dmc/<domain>-<task>-v0`` for every dm_control suite task;
+* ``sims/ArmReach-v0``, ``sims/ArmPush-v0``, ``sims/ArmPickPlace-v0`` for the project's arm.
 
 Tasks are created with ``gymnasium.make(ID, **kwargs)``; :func:`make` does the same
 but refuses an unknown id with the list of known ones.

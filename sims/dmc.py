@@ -8,7 +8,11 @@ time limit (discount 1) is ``truncated``.
 ``info["sim_state"]`` restores the physics exactly through :meth:`DMCEnv.set_sim_state`:
 ``physics`` is MuJoCo's full integration state (time, qpos, qvel, act, warm start,
 controls, applied forces, mocap), ``task`` holds the model entries that the task
-randomizes at episode start (the reacher's target position, for example).
+randomizes at episode start (the reacher's target position, for example), and
+``action_queue`` the pending actions when ``action_latency_steps`` is set.
+
+Dynamics-gap keyword arguments (``gravity_scale``, ``mass_scale``, ...; see
+:mod:`sims.gaps`) are applied to the live model when the env is created.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 from dm_control import suite
 from gymnasium import Env, spaces
 
+from sims.gaps import ActionChannel, DynamicsGap
 from sims.reference import success_fn
 
 # Model fields that suite tasks randomize in ``initialize_episode``.
@@ -28,10 +33,12 @@ class DMCEnv(Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, domain: str, task: str, render_mode: str | None = None,
-                 camera_id: int = 0, width: int = 480, height: int = 480):
+                 camera_id: int = 0, width: int = 480, height: int = 480, **gap):
         self.env_id = f"dmc/{domain}-{task}-v0"
         self.domain, self.task = domain, task
+        self.gap = DynamicsGap.from_kwargs(self.env_id, gap, ("render_mode", "camera_id", "width", "height"))
         self._env = suite.load(domain, task, task_kwargs={"random": 0})
+        self.gap.apply_to_model(self._env.physics.model.ptr)
         self._obs_keys = list(self._env.observation_spec().keys())
         obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
@@ -39,6 +46,7 @@ class DMCEnv(Env):
         self._act_low = np.asarray(aspec.minimum, np.float64)
         self._act_high = np.asarray(aspec.maximum, np.float64)
         self.action_space = spaces.Box(-1.0, 1.0, aspec.shape, np.float32)
+        self.channel = ActionChannel(int(np.prod(aspec.shape)), self.gap.action_noise, self.gap.action_latency_steps)
         self.control_rate = 1.0 / self._env.control_timestep()
         self.metadata = dict(self.metadata, render_fps=int(round(self.control_rate)))
         self.render_mode = render_mode
@@ -72,6 +80,7 @@ class DMCEnv(Env):
             self._env.task._random = np.random.RandomState(int(self.np_random.integers(2**31)))
             self._task_seeded = True
         ts = self._env.reset()
+        self.channel.reset()
         if self._task_rows is None:
             self._task_rows = self._find_randomized_rows()
         return self._flat_obs(ts.observation), self._info()
@@ -82,7 +91,8 @@ class DMCEnv(Env):
             raise ValueError(f"{self.env_id} expects actions of shape {self.action_space.shape}, got {action.shape}.")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"{self.env_id} got a non-finite action {action.tolist()}.")
-        scaled = self._act_low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._act_high - self._act_low)
+        action = self.channel(np.clip(action, -1.0, 1.0), self.np_random)
+        scaled = self._act_low + (action + 1.0) * 0.5 * (self._act_high - self._act_low)
         ts = self._env.step(scaled)
         terminated = bool(ts.last() and ts.discount == 0.0)
         truncated = bool(ts.last() and not terminated)
@@ -110,7 +120,15 @@ class DMCEnv(Env):
         state = np.empty(mujoco.mj_stateSize(model.ptr, _STATE_SPEC), np.float64)
         mujoco.mj_getState(model.ptr, data.ptr, state, _STATE_SPEC)
         task = [getattr(model, f)[rows].ravel() for f, rows in (self._task_rows or [])]
-        return {"physics": state, "task": np.concatenate(task) if task else np.zeros(0)}
+        out = {"physics": state, "task": np.concatenate(task) if task else np.zeros(0)}
+        if self.gap.action_latency_steps:
+            out["action_queue"] = self.channel.state()
+        return out
+
+    def physics_state(self) -> np.ndarray:
+        """(qpos, qvel): what :func:`sims.gaps.dynamics_gap` compares."""
+        data = self.physics.data
+        return np.concatenate([data.qpos, data.qvel])
 
     def set_sim_state(self, sim_state: dict[str, np.ndarray]) -> np.ndarray:
         """Restore a state from ``info["sim_state"]``; returns the observation there."""
@@ -128,6 +146,10 @@ class DMCEnv(Env):
             getattr(model, field)[rows] = block
             offset += block.size
         mujoco.mj_setState(model.ptr, data.ptr, physics, _STATE_SPEC)
+        if "action_queue" in sim_state:
+            self.channel.set_state(sim_state["action_queue"])
+        else:  # a state saved without latency: nothing pending
+            self.channel.reset()
         self.physics.forward()
         # dm_control counts control steps for its time limit; keep it consistent.
         self._env._step_count = int(round(self.physics.data.time / self._env.control_timestep()))

@@ -12,6 +12,8 @@ from typing import Callable
 import mujoco
 import numpy as np
 
+from sims.arm.experts import PickPlaceExpert, PushExpert, ReachExpert
+
 Policy = Callable[[np.ndarray], np.ndarray]
 
 
@@ -29,35 +31,51 @@ class RandomPolicy:
 class ReacherExpert:
     """Damped-least-squares reach controller for ``dmc/reacher-*``.
 
-    The desired joint velocity moves the finger along the error ``e`` to the target:
-    ``dq = J^T (J J^T + lambda^2 I)^-1 (k_p e)``, and the torque command is a PD law
-    on it, ``u = k_v (dq - qvel)``, clipped to [-1, 1]. J is the finger's planar
-    Jacobian computed from the joint angles in the observation.
+    The desired joint velocity moves the finger along its error ``e`` to the target,
+    ``dq = J^T (J J^T + lambda^2 I)^-1 (k_p e)``, capped at ``max_speed``. The torque
+    that closes a fraction ``alpha`` of the velocity error in one control step follows
+    from the joint-space inertia M: ``u = M (alpha / dt) (dq - qvel) / gear``, clipped
+    to [-1, 1]. Because it inverts the one-step response instead of using a large
+    velocity gain, the command is smooth rather than bang-bang, which makes it a
+    demonstrator that a learned policy can imitate. J and M are computed from the
+    joint angles in the observation, so the action is a function of the observation.
     """
 
-    def __init__(self, env, k_p: float = 20.0, k_v: float = 3.0, damping: float = 0.02):
+    def __init__(self, env, k_p: float = 30.0, alpha: float = 0.5, damping: float = 0.05, max_speed: float = 8.0):
         unwrapped = env.unwrapped
         self.model = unwrapped.physics.model.ptr
         self.data = mujoco.MjData(self.model)  # scratch data: never touches the env's
         self.finger = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "finger")
-        self.k_p, self.k_v, self.damping = k_p, k_v, damping
+        self.gear = self.model.actuator_gear[:, 0].copy()
+        self.dt = 1.0 / unwrapped.control_rate
+        self.k_p, self.alpha, self.damping, self.max_speed = k_p, alpha, damping, max_speed
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        qpos, to_target, qvel = obs[0:2], obs[2:4], obs[4:6]
-        self.data.qpos[:] = qpos
-        mujoco.mj_kinematics(self.model, self.data)
-        mujoco.mj_comPos(self.model, self.data)
-        jacp = np.zeros((3, self.model.nv))
-        mujoco.mj_jacBody(self.model, self.data, jacp, None, self.finger)
+        qpos, to_target, qvel = obs[0:2], obs[2:4], np.asarray(obs[4:6], np.float64)
+        model, data = self.model, self.data
+        data.qpos[:] = qpos
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_comPos(model, data)
+        mujoco.mj_crb(model, data)
+        jacp = np.zeros((3, model.nv))
+        mujoco.mj_jacBody(model, data, jacp, None, self.finger)
         jac = jacp[:2]
-        lam2 = self.damping**2
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + lam2 * np.eye(2), self.k_p * np.asarray(to_target, np.float64))
-        return np.clip(self.k_v * (dq - qvel), -1.0, 1.0).astype(np.float32)
+        inertia = np.zeros((model.nv, model.nv))
+        mujoco.mj_fullM(model, data, inertia)
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + self.damping**2 * np.eye(2), self.k_p * np.asarray(to_target, np.float64))
+        speed = np.abs(dq).max()
+        if speed > self.max_speed:
+            dq *= self.max_speed / speed
+        torque = inertia @ (self.alpha / self.dt * (dq - qvel))
+        return np.clip(torque / self.gear, -1.0, 1.0).astype(np.float32)
 
 
 _EXPERTS = {
     "dmc/reacher-easy-v0": ReacherExpert,
     "dmc/reacher-hard-v0": ReacherExpert,
+    "sims/ArmReach-v0": ReachExpert,
+    "sims/ArmPush-v0": PushExpert,
+    "sims/ArmPickPlace-v0": PickPlaceExpert,
 }
 
 

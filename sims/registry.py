@@ -7,6 +7,12 @@ import gymnasium
 
 PREFIXES = ("dmc/", "sims/")
 _registered = False
+# The project's arm tasks: id -> task name in sims.arm.env.TASKS.
+ARM_TASKS = {
+    "sims/ArmReach-v0": "reach",
+    "sims/ArmPush-v0": "push",
+    "sims/ArmPickPlace-v0": "pick_place",
+}
 
 
 def register_all() -> None:
@@ -25,6 +31,10 @@ def register_all() -> None:
                 kwargs={"domain": domain, "task": task},
                 disable_env_checker=True,
             )
+    for env_id, task in ARM_TASKS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point="sims.arm.env:ArmEnv", kwargs={"task": task},
+                               disable_env_checker=True)
     _registered = True
 
 

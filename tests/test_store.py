@@ -91,6 +91,7 @@ def test_torn_append_is_invisible_to_readers(tmp_path, rng):
     """Rows written past the commit record (a writer killed mid-append) are not read."""
     store = new_store(tmp_path / "s.zarr")
     store.append_episode(make_episode(rng, 4))
+    store.close()
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     group["data/obs"].resize((9, 3))
     group["data/obs"][4:9] = 99.0

@@ -1,8 +1,9 @@
 """Behaviour cloning.
 
-Gaussian head: maximize the log-likelihood of dataset actions under a tanh-Gaussian
-policy, ``L = -E_(s,a)~D [ log pi(a|s) ]``, with ``log pi`` including the tanh
-change of variables (dataset actions are clipped to (-1, 1) before ``atanh``).
+Gaussian head: maximize the log-likelihood of dataset actions under a Gaussian policy
+with a tanh-bounded mean, ``L = -E_(s,a)~D [ log N(a; tanh(mu(s)), sigma(s)^2) ]``.
+(A tanh-squashed Gaussian would need ``atanh`` of dataset actions, which explodes for
+noisy demonstrations clipped to the action bounds and drags the mean with it.)
 
 Deterministic head: regress the action, ``L = E_(s,a)~D || tanh(f(s)) - a ||^2``.
 
@@ -18,18 +19,18 @@ import torch
 
 from agent.config import option
 from agent.learners.common import LearnerParts
-from agent.nets import DeterministicActor, ObsNormalizer, TanhGaussianActor, mse
+from agent.nets import DeterministicActor, GaussianActor, ObsNormalizer, mse
 
 
 @dataclass
 class BCConfig:
-    head: Literal["gaussian", "deterministic"] = option("gaussian", "policy head: tanh-Gaussian likelihood or deterministic regression")
+    head: Literal["gaussian", "deterministic"] = option("gaussian", "policy head: Gaussian likelihood or deterministic regression")
     hidden_dims: list[int] = option([256, 256], "widths of the actor's hidden layers")
     lr: float = option(3e-4, "Adam learning rate")
     weight_decay: float = option(0.0, "Adam weight decay")
 
 
-def gaussian_bc_loss(actor: TanhGaussianActor, batch: dict) -> tuple[torch.Tensor, dict]:
+def gaussian_bc_loss(actor: GaussianActor, batch: dict) -> tuple[torch.Tensor, dict]:
     """``batch["obs"]`` is normalized."""
     log_prob = actor.log_prob(batch["obs"], batch["action"])
     loss = -log_prob.mean()
@@ -47,7 +48,7 @@ class BC(LearnerParts):
     def __init__(self, cfg: BCConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        actor_cls = TanhGaussianActor if cfg.head == "gaussian" else DeterministicActor
+        actor_cls = GaussianActor if cfg.head == "gaussian" else DeterministicActor
         self.normalizer = ObsNormalizer(obs_dim).to(self.device)
         self.actor = actor_cls(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
         self.loss_fn = gaussian_bc_loss if cfg.head == "gaussian" else deterministic_bc_loss

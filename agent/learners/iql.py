@@ -3,6 +3,7 @@
 Value (expectile tau):  L_V = E[ |tau - 1(u < 0)| u^2 ],  u = min_e Q'_e(s, a) - V(s)
 Critic:                 L_Q = mean_e E[ (Q_e(s, a) - (r + gamma (1 - terminated) V(s')))^2 ]
 Actor (AWR):            L_pi = -E[ min(exp(beta (min_e Q'_e(s, a) - V(s))), w_max) log pi(a|s) ]
+                        with pi(a|s) = N(a; tanh(mu(s)), sigma(s)^2), as the authors' code
 
 tau = 0.7 for locomotion, 0.9 for sparse-reward manipulation; beta 3 to 10; w_max = 100.
 Targets are never differentiated: the critic target uses V(s') detached, the value and
@@ -17,7 +18,7 @@ import torch
 
 from agent.config import option
 from agent.learners.common import LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, step
-from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, ValueNetwork, soft_update
+from agent.nets import CriticEnsemble, GaussianActor, ObsNormalizer, ValueNetwork, soft_update
 
 
 @dataclass
@@ -55,7 +56,7 @@ def critic_loss(critic: CriticEnsemble, value: ValueNetwork, batch: dict, cfg: I
     return loss, {"critic_loss": loss.detach(), "q_mean": qs.mean().detach()}
 
 
-def actor_loss(actor: TanhGaussianActor, value: ValueNetwork, critic_target: CriticEnsemble, batch: dict,
+def actor_loss(actor: GaussianActor, value: ValueNetwork, critic_target: CriticEnsemble, batch: dict,
                cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         advantage = critic_target(batch["obs"], batch["action"]).min(0).values - value(batch["obs"])
@@ -71,7 +72,7 @@ class IQL(LearnerParts):
         self.cfg, self.device = cfg, torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.normalizer = ObsNormalizer(obs_dim).to(self.device)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
+        self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
         self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = ValueNetwork(obs_dim, cfg.hidden_dims).to(self.device)

@@ -1,5 +1,7 @@
 """The zarr-backed demonstration store (layout: shared DATA.md)."""
-from agent.store.cache import TransitionCache, load_transitions
-from agent.store.zarr_store import EpisodeAttrs, Store
+from agent.store.cache import ImageFrames, TransitionCache, load_transitions
+from agent.store.fsck import fsck
+from agent.store.sampler import Sampler
+from agent.store.zarr_store import SOURCES, EpisodeAttrs, Store
 
-__all__ = ["EpisodeAttrs", "Store", "TransitionCache", "load_transitions"]
+__all__ = ["EpisodeAttrs", "ImageFrames", "SOURCES", "Sampler", "Store", "TransitionCache", "fsck", "load_transitions"]
