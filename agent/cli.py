@@ -38,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, PretrainConfig)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest.pt")
 
+    from agent.finetune.config import FinetuneConfig
+
+    p = sub.add_parser("finetune", help="online fine-tuning (WSRL, RO2O, H2O, Cal-QL, RLPD, SAC)",
+                       description="Fine-tune a pretrained policy (or train from scratch) by interacting with a simulator; "
+                                   "online episodes go to a store with lineage; writes config.yaml, checkpoints/, "
+                                   "metrics.jsonl and TensorBoard events to --out.")
+    _add_common(p, json_flag=True)
+    add_flags(p, FinetuneConfig)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest.pt")
+
+    p = sub.add_parser("report", help="learning curves (PNG) and a markdown table across fine-tuning runs",
+                       description="Group runs by algorithm, aggregate seeds by interquartile mean with a bootstrap band, "
+                                   "mark the offline start; writes curves.png, report.md and report.json.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="fine-tuning run directories")
+    p.add_argument("--out", default="report", help="directory for curves.png, report.md, report.json (default: report)")
+    p.add_argument("--title", default="", help="plot title (default: the env ids)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     p = sub.add_parser("eval", help="evaluate a trained run (or a scripted/random policy) in the simulator",
                        description="Roll out a policy; prints mean and std of return, D4RL-style normalized score and success rate.")
     _add_common(p, json_flag=True)
@@ -73,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only report; change nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    from agent.augment import AugmentConfig
+
+    p = sub.add_parser("augment", help="guided data augmentation: augment, guide, filter, write with lineage",
+                       description="Augment segments of --data (reflect, rotate, translate, relabel goals; random "
+                                   "baselines), keep those the --guide accepts and the --filter(s) pass, write them to "
+                                   "a new store --out with lineage, and print accepted/rejected counts by reason.")
+    _add_common(p, json_flag=True)
+    add_flags(p, AugmentConfig)
+    p.add_argument("--list", action="store_true", help="list the registered augmentations, guides and filters, then exit")
+
     p = sub.add_parser("demo", help="collect, pretrain and evaluate on the default task; print a table",
                        description="The quick-start job: collect random/medium/expert datasets, pretrain BC on each, evaluate, print normalized scores.")
     p.add_argument("--out", default="runs/demo", help="directory for the demo's stores and runs (default: runs/demo)")
@@ -99,23 +127,43 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def _saved_config(args) -> dict | None:
+    """With --resume: the run directory's saved config, which flags then override."""
+    if not args.resume:
+        return None
+    out = getattr(args, "out", None) or (load_yaml(args.config).get("out") if args.config else None)
+    if not out:
+        raise ValueError("--resume needs --out (the run directory to continue).")
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        raise ValueError(f"cannot resume: {str(saved)!r} does not exist; {out!r} is not a run directory.")
+    return load_yaml(saved)
+
+
 def cmd_pretrain(args) -> int:
     from agent.pretrain import PretrainConfig, pretrain
 
-    base = None
-    out = getattr(args, "out", None)
-    if args.resume:
-        if not out and args.config:
-            out = load_yaml(args.config).get("out")
-        if not out:
-            raise ValueError("--resume needs --out (the run directory to continue).")
-        saved = Path(out) / "config.yaml"
-        if not saved.is_file():
-            raise ValueError(f"cannot resume: {str(saved)!r} does not exist; {out!r} is not a run directory.")
-        base = load_yaml(saved)
-    cfg = resolve(PretrainConfig, args, args.config, base=base)
+    cfg = resolve(PretrainConfig, args, args.config, base=_saved_config(args))
     result = pretrain(cfg, resume=args.resume)
     _print(result, args.json)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from agent.finetune import FinetuneConfig, finetune
+
+    cfg = resolve(FinetuneConfig, args, args.config, base=_saved_config(args))
+    result = finetune(cfg, resume=args.resume)
+    _print(result, args.json)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from agent.finetune.report import report
+
+    result = report(args.runs, args.out, title=args.title)
+    _print({k: v for k, v in result.items() if k != "table"} if args.json else result, args.json,
+           table=None if args.json else result["table"] + f"\ncurves: {result['png']}\ntable: {result['markdown']}")
     return 0
 
 
@@ -189,6 +237,23 @@ def cmd_fsck(args) -> int:
     return 0 if not report["problems"] else 1
 
 
+def cmd_augment(args) -> int:
+    from agent.augment import AugmentConfig, augment, list_registered
+
+    if args.list:
+        _print(list_registered(), True)
+        return 0
+    cfg = resolve(AugmentConfig, args, args.config)
+    result = augment(cfg)
+    if args.json:
+        _print(result, True)
+    else:
+        _print({k: v for k, v in result.items() if k != "rejected_by_reason"}, False)
+        for reason, count in result["rejected_by_reason"].items():
+            print(f"{'rejected ' + reason:>40}: {count}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from agent.demo import run_demo
 
@@ -196,8 +261,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo,
-            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck}
+COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "report": cmd_report, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo,
+            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck, "augment": cmd_augment}
 
 
 def main(argv: list[str] | None = None) -> int:

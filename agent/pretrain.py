@@ -61,6 +61,44 @@ def to_tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Ten
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
 
+class BatchSource:
+    """Uniform minibatches by index from the cache plus per-transition extras.
+
+    On the CPU the indices come from the run's numpy generator (saved in checkpoints,
+    so a resumed run draws the same batches). On an accelerator the cache is copied to
+    device memory once and indices are drawn there by a device generator, so a batch
+    never crosses the host bus; its state is saved as well."""
+
+    def __init__(self, cache: TransitionCache, extras: dict[str, np.ndarray], device: str, rng: np.random.Generator,
+                 on_device: bool | None = None):
+        self.cache, self.extras, self.device, self.rng = cache, extras, device, rng
+        self.on_device = torch.device(device).type != "cpu" if on_device is None else on_device
+        if self.on_device:
+            table = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+            self.tables = {"obs": table(cache.obs_table), "action": table(cache.action), "reward": table(cache.reward),
+                           "terminated": table(cache.terminated), "truncated": table(cache.truncated),
+                           **{k: table(v) for k, v in extras.items()}}
+            self.next_index = table(cache.next_index)
+            self.generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        if not self.on_device:
+            idx = self.rng.integers(0, self.cache.num_steps, size=batch_size)
+            batch = {**self.cache.gather(idx), **{k: v[idx] for k, v in self.extras.items()}}
+            return to_tensors(batch, self.device)
+        idx_t = torch.randint(0, self.cache.num_steps, (batch_size,), device=self.device, generator=self.generator)
+        out = {k: t[idx_t] for k, t in self.tables.items()}
+        out["next_obs"] = self.tables["obs"][self.next_index[idx_t]]
+        return out
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state()} if self.on_device else {}
+
+    def load_state(self, state: dict) -> None:
+        if self.on_device and "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
 def make_update_fn(learner, cfg: PretrainConfig):
     """The learner's update, optionally compiled and under autocast."""
     update = torch.compile(learner.update) if cfg.compile else learner.update
@@ -75,20 +113,16 @@ def make_update_fn(learner, cfg: PretrainConfig):
     return autocast_update
 
 
-def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLogger, rng: np.random.Generator,
+def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger, rng: np.random.Generator,
         start_step: int = 0, env_id: str | None = None, progress: bool = True) -> dict:
     """Train ``learner`` from ``start_step`` to ``cfg.steps``; returns the last metrics."""
-    env_id = env_id or cache.env_id
-    device = str(learner.device)
+    env_id = env_id or source.cache.env_id
     metrics: dict[str, float] = {}
     last_update: dict = {}
-    extras = learner.prepare(cache) if hasattr(learner, "prepare") else {}
     update = make_update_fn(learner, cfg)
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
     for step in range(start_step + 1, cfg.steps + 1):
-        idx = rng.integers(0, cache.num_steps, size=cfg.batch_size)
-        batch = {**cache.gather(idx), **{k: v[idx] for k, v in extras.items()}}
-        last_update = update(to_tensors(batch, device))
+        last_update = update(source.sample(cfg.batch_size))
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = {k: float(v) for k, v in last_update.items()}  # the only host sync
             logger.log(step, metrics, prefix="train/")
@@ -103,7 +137,7 @@ def run(cfg: PretrainConfig, learner, cache: TransitionCache, logger: MetricsLog
             save_checkpoint(logger.run_dir, step, {
                 "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
                 "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
-                "learner": learner.state_dict(), "rng": rng_state(rng),
+                "learner": learner.state_dict(), "rng": {**rng_state(rng), "sampler": source.state()},
             })
         bar.update(1)
     bar.close()
@@ -133,6 +167,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
     obs = cache.obs
     learner.fit_normalizer(obs.mean(0), obs.var(0))
+    source = BatchSource(cache, learner.prepare(cache) if hasattr(learner, "prepare") else {}, device, rng)
     start = 0
     if resume:
         ckpt = load_checkpoint(run_dir)
@@ -140,6 +175,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
         learner.load_state_dict(ckpt["learner"])
         restore_rng(ckpt["rng"], rng)
+        source.load_state(ckpt["rng"].get("sampler", {}))
         start = int(ckpt["step"])
     elif (run_dir / "checkpoints" / "latest.pt").exists():
         raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
@@ -147,7 +183,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=start if resume else None)
     try:
-        metrics = run(cfg, learner, cache, logger, rng, start_step=start, env_id=env_id, progress=progress)
+        metrics = run(cfg, learner, source, logger, rng, start_step=start, env_id=env_id, progress=progress)
     finally:
         logger.close()
     summary = {"run": str(run_dir), "steps": cfg.steps, "resumed_from": start if resume else None, **metrics}

@@ -43,11 +43,20 @@ def machine() -> str:
             f"torch {torch.__version__}, numpy {np.__version__})")
 
 
-def write_results(name: str, rows: list[dict], command: str | None = None) -> Path:
+def write_results(name: str, rows: list[dict], command: str | None = None, merge: bool = False) -> Path:
+    """Write bench/results/<name>.json. With ``merge``, rows of an earlier run whose
+    names this run did not measure are kept (a bench run in parts)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    payload = {"bench": name, "machine": machine(), "date": date.today().isoformat(),
-               "command": command or "python " + " ".join(sys.argv), "rows": rows}
+    command = command or "python " + " ".join(sys.argv)
+    if merge and out.exists():
+        earlier = json.loads(out.read_text())
+        names = {r["name"] for r in rows}
+        kept = [r for r in earlier.get("rows", []) if r["name"] not in names]
+        rows = kept + rows
+        if kept:
+            command = f"{earlier.get('command')}; {command}"
+    payload = {"bench": name, "machine": machine(), "date": date.today().isoformat(), "command": command, "rows": rows}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     return out
 
@@ -74,7 +83,8 @@ def cached(bench: str, key: str, compute):
 
 def iqm_ci(scores: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Interquartile mean and a 95% bootstrap confidence interval over runs (rliable's
-    stratified bootstrap when installed; a plain percentile bootstrap otherwise)."""
+    stratified bootstrap when it imports; otherwise the same percentile bootstrap over
+    runs, which for one task is what the stratified one reduces to)."""
     x = np.asarray(scores, np.float64)
     try:
         from rliable import library as rly
@@ -82,7 +92,7 @@ def iqm_ci(scores: list[float], reps: int = 2000, seed: int = 0) -> tuple[float,
 
         point, ci = rly.get_interval_estimates({"m": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps)
         return float(point["m"][0]), float(ci["m"][0, 0]), float(ci["m"][1, 0])
-    except ImportError:
+    except Exception:  # rliable missing, or its `arch` dependency broken by a newer pandas
         from scipy import stats
 
         def iqm(v):

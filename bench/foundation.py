@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from common import RESULTS, WORK, cached, iqm_ci, print_rows, row, write_results  # noqa: E402

@@ -10,10 +10,12 @@ Rows:
 * sacn_vectorized_vs_loop_small -- at an overhead-bound size (3x16, batch 4) our
   vectorized update runs this many times the updates/s of a straightforward
   per-critic Python loop computing the same math.
-* <algo>_medium_score, iql_beats_bc, calql_beats_bc -- offline learning on the medium
-  dataset of the default task (datasets/reacher-hard-medium.yaml): normalized score
-  of BC, IQL and Cal-QL, 3 seeds each (IQM and 95% bootstrap CI), with a plot
-  (learners_medium.png). Seeds are cached in bench/results/_work/learners/ as they finish.
+* iql_beats_bc_on_medium, calql_beats_bc_on_medium -- offline learning on the arm push
+  medium dataset (datasets/arm-push-medium.yaml): normalized scores of BC, IQL and
+  Cal-QL, 3 seeds each (IQM and 95% bootstrap CI), with a plot (learners_medium.png).
+  Seeds are cached in bench/results/_work/learners/ as they finish.
+* iql_updates_vs_d3rlpy, cql_updates_vs_d3rlpy (with --peer-python) -- updates/s against
+  d3rlpy run from another environment on the same data, alternating runs.
 Writes bench/results/learners.json.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 
 from common import print_rows, row, write_results  # noqa: E402
 
@@ -154,10 +156,10 @@ def loop_bar(reps: int) -> dict:
     return {"ratio": t["loop"] / t["ours"], "ours_per_s": 1 / t["ours"], "loop_per_s": 1 / t["loop"]}
 
 
-ENV = "dmc/reacher-hard-v0"
+ENV = "sims/ArmPush-v0"
 LEARNING = {  # CPU-sized settings, stated in the results
     "bc": {},
-    "iql": {"iql": {"expectile": 0.9, "beta": 3.0}},
+    "iql": {"iql": {"expectile": 0.7, "beta": 3.0}},
     "calql": {"calql": {"hidden_dims": [256, 256], "alpha_cql": 5.0}},
 }
 
@@ -168,7 +170,8 @@ def medium_store(work: Path) -> Path:
 
     out = work / "medium.zarr"
     if not (out / "zarr.json").exists():
-        collect(from_dict(CollectConfig, {**load_yaml(ROOT / "datasets" / "reacher-hard-medium.yaml"), "out": str(out)}))
+        collect(from_dict(CollectConfig, {**load_yaml(ROOT / "datasets" / "arm-push-medium.yaml"), "out": str(out),
+                                           "num_envs": 2}))
     return out
 
 
@@ -220,6 +223,66 @@ def learning_rows(seeds: int, steps: int) -> list[dict]:
                 f"{text[algo]}; {text['bc']}") for algo in ("iql", "calql")]
 
 
+PEER_SETTINGS = {"iql": ("iql", {"expectile": 0.9, "beta": 3.0, "hidden_dims": [256, 256]}),
+                 "cql": ("cql", {"alpha_cql": 5.0, "hidden_dims": [256, 256, 256]})}
+
+
+def ours_updates_per_s(store: Path, algo: str, steps: int) -> float:
+    import numpy as np
+
+    from agent.config import from_dict
+    from agent.learners import LEARNERS, make_learner
+    from agent.pretrain import BatchSource
+    from agent.store import Store, load_transitions
+
+    cache = load_transitions(Store.open(store))
+    cfg = from_dict(LEARNERS[algo][1], PEER_SETTINGS[algo][1])
+    learner = make_learner(algo, cfg, cache.obs_table.shape[1], cache.action.shape[1])
+    learner.fit_normalizer(cache.obs.mean(0), cache.obs.var(0))
+    source = BatchSource(cache, {}, "cpu", np.random.default_rng(0))
+    for _ in range(20):
+        learner.update(source.sample(256))
+    start = time.perf_counter()
+    for _ in range(steps):
+        learner.update(source.sample(256))
+    return steps / (time.perf_counter() - start)
+
+
+def peer_rows(peer_python: str, steps: int, reps: int) -> list[dict]:
+    """Updates/s of our IQL and CQL against d3rlpy's on the same data, alternating runs."""
+    import json as _json
+    import subprocess
+
+    import numpy as np
+
+    from common import WORK
+    from agent.store import Store, load_transitions
+
+    work = WORK / "learners"
+    work.mkdir(parents=True, exist_ok=True)
+    store = medium_store(work)
+    cache = load_transitions(Store.open(store))
+    npz = work / "medium.npz"
+    # d3rlpy takes flat arrays; it infers episodes from terminals/timeouts
+    np.savez(npz, obs=cache.obs, action=cache.action, reward=cache.reward,
+             terminated=cache.terminated, truncated=cache.truncated | np.isin(np.arange(cache.num_steps), cache.episode_ends - 1))
+    rows = []
+    for algo in ("iql", "cql"):
+        ours, peer, version = [], [], ""
+        for _ in range(reps):
+            ours.append(ours_updates_per_s(store, algo, steps))
+            out = subprocess.run([peer_python, str(ROOT / "bench" / "peer_d3rlpy.py"), str(npz), algo, str(steps),
+                                  str(torch.get_num_threads())], capture_output=True, text=True, check=True)
+            result = _json.loads(out.stdout.strip().splitlines()[-1])
+            peer.append(result["updates_per_s"])
+            version = result["d3rlpy"]
+        o, p = statistics.median(ours), statistics.median(peer)
+        rows.append(row(f"{algo}_updates_vs_d3rlpy", round(o / p, 3), "ratio", ">= 1",
+                        f"ours {o:.0f} vs d3rlpy {version} {p:.0f} updates/s (incl. sampling), batch 256, "
+                        f"settings {PEER_SETTINGS[algo][1]}, medians of {reps} alternating runs of {steps} updates"))
+    return rows
+
+
 def plot_learning(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -248,25 +311,35 @@ def plot_learning(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--skip-learning", action="store_true", help="only the speed ratios")
+    p.add_argument("--skip-learning", action="store_true", help="leave out the learning rows")
+    p.add_argument("--skip-speed", action="store_true", help="leave out the speed-ratio rows")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--peer-python", help="python of an environment with d3rlpy: adds the updates/s comparison rows")
     args = p.parse_args()
     reps = 3 if args.quick else 9
     threads = torch.get_num_threads()
+    rows: list[dict] = []
+    if not args.skip_speed:
+        rows += speed_rows(reps, threads)
+    if args.peer_python:
+        rows += peer_rows(args.peer_python, 100 if args.quick else 500, 3)
+    if not args.skip_learning:
+        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
+    print_rows(rows)
+    write_results("learners" + (".quick" if args.quick else ""), rows, merge=True)
+
+
+def speed_rows(reps: int, threads: int) -> list[dict]:
     f = flop_bar(reps)
     lp = loop_bar(reps)
-    rows = [
+    return [
         row("sacn_update_vs_matmul_flops", round(f["ratio"], 3), "ratio", ">= 0.7",
             f"10-critic SAC-N, 3x256, batch 256, CPU {threads} threads: {f['ours_gflops']:.1f} GFLOP/s "
             f"({f['updates_per_s']:.1f} updates/s, {f['flops'] / 1e9:.2f} GFLOP each) vs bmm {f['matmul_gflops']:.1f} GFLOP/s"),
         row("sacn_vectorized_vs_loop_small", round(lp["ratio"], 2), "ratio", ">= 4.5",
             f"10 critics 3x16, batch 4: {lp['ours_per_s']:.0f} vs {lp['loop_per_s']:.0f} updates/s"),
     ]
-    if not args.skip_learning:
-        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
-    print_rows(rows)
-    write_results("learners" + (".quick" if args.quick else ""), rows)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def batch(seed=0, k=None):
         "reward": torch.randn(*lead, generator=g), "next_obs": torch.randn(*lead, OBS, generator=g),
         "terminated": torch.rand(*lead, generator=g) < 0.2, "truncated": torch.zeros(*lead, dtype=torch.bool),
         "mc_return": torch.randn(*lead, generator=g),
+        "is_real": (torch.arange(B) < B // 2).expand(*lead),  # H2O: first half real, second half sim
     }
 
 

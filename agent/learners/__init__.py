@@ -11,9 +11,14 @@ from __future__ import annotations
 from agent.learners.bc import BC, BCConfig
 from agent.learners.calql import CalQL, CalQLConfig
 from agent.learners.cql import CQL, CQLConfig
+from agent.learners.h2o import H2O, H2OConfig
 from agent.learners.iql import IQL, IQLConfig
+from agent.learners.rlpd import RLPD, RLPDConfig
+from agent.learners.ro2o import RO2O, RO2OConfig
+from agent.learners.sac import SAC, SACConfig
 from agent.learners.sacn import SACN, SACNConfig
 from agent.learners.td3bc import TD3BC, TD3BCConfig
+from agent.learners.wsrl import WSRL, WSRLConfig
 
 # algo name -> (learner class, config class); the config section has the algo's name
 LEARNERS: dict[str, tuple[type, type]] = {
@@ -23,6 +28,12 @@ LEARNERS: dict[str, tuple[type, type]] = {
     "calql": (CalQL, CalQLConfig),
     "td3bc": (TD3BC, TD3BCConfig),
     "sacn": (SACN, SACNConfig),
+    # online fine-tuning (agent/finetune)
+    "wsrl": (WSRL, WSRLConfig),
+    "h2o": (H2O, H2OConfig),
+    "ro2o": (RO2O, RO2OConfig),
+    "rlpd": (RLPD, RLPDConfig),
+    "sac": (SAC, SACConfig),
 }
 
 

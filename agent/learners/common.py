@@ -107,3 +107,59 @@ class LearnerParts:
             raise KeyError(f"checkpoint lacks part(s) {', '.join(missing)}")
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
+
+
+# -- pieces of the online fine-tuning learners (SAC, RLPD, WSRL, H2O, RO2O) --------------
+def ensemble_td_loss(critic: CriticEnsemble, target_q: torch.Tensor, batch: dict,
+                     weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """L = sum_e E[ w (Q_e(s, a) - y)^2 ] (w = 1 without ``weight``); metrics include the
+    ensemble's spread (std over members, averaged over the batch)."""
+    qs = critic(batch["obs"], batch["action"])  # [E, B]
+    sq = (qs - target_q.unsqueeze(0)) ** 2
+    if weight is not None:
+        sq = sq * weight.unsqueeze(0)
+    loss = sq.mean(1).sum()
+    return loss, {"critic_loss": loss.detach(), "q_mean": qs.mean().detach(), "q_std": qs.std(0).mean().detach()}
+
+
+def subset_min_target(critic_target: CriticEnsemble, actor: TanhGaussianActor, alpha: torch.Tensor, batch: dict,
+                      gamma: float, subset: int, entropy: bool) -> torch.Tensor:
+    """REDQ-style target: y = r + gamma (1 - terminated) (min over ``subset`` members drawn
+    at random without replacement of Q'_e(s', a') [- alpha log pi(a'|s')]), a' ~ pi(s')."""
+    with torch.no_grad():
+        next_action, next_log_prob = actor.sample(batch["next_obs"])
+        members = torch.randperm(critic_target.ensemble_size, device=next_action.device)[:subset]
+        next_q = critic_target(batch["next_obs"], next_action)[members].min(0).values
+        if entropy:
+            next_q = next_q - alpha * next_log_prob
+        return batch["reward"] + gamma * not_done(batch) * next_q
+
+
+def build_sac_parts(learner, cfg, obs_dim: int, act_dim: int, device: str, *, target_entropy: float | None = None,
+                    initial_alpha: float | None = None, actor_layer_norm: bool = False) -> None:
+    """Give ``learner`` the parts every SAC-family learner has, built one way: a
+    normalizer, a tanh-Gaussian actor, a critic ensemble (``cfg.num_critics``,
+    ``cfg.layer_norm``) with its target, a temperature, their Adam optimizers and the
+    ``parts`` dict that checkpoints list. ``cfg`` needs hidden_dims, num_critics,
+    actor_lr, critic_lr and alpha_lr."""
+    import copy
+
+    from agent.nets import ObsNormalizer
+
+    learner.cfg, learner.device = cfg, torch.device(device)
+    learner.obs_dim, learner.act_dim = obs_dim, act_dim
+    learner.target_entropy = -float(act_dim) if target_entropy is None else target_entropy
+    dev = learner.device
+    learner.normalizer = ObsNormalizer(obs_dim).to(dev)
+    learner.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims, actor_layer_norm).to(dev)
+    learner.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics,
+                                    getattr(cfg, "layer_norm", False)).to(dev)
+    learner.critic_target = copy.deepcopy(learner.critic).requires_grad_(False)
+    alpha = getattr(cfg, "initial_alpha", 1.0) if initial_alpha is None else initial_alpha
+    learner.temperature = Temperature(alpha).to(dev)
+    learner.actor_opt = adam(learner.actor.parameters(), cfg.actor_lr, dev)
+    learner.critic_opt = adam(learner.critic.parameters(), cfg.critic_lr, dev)
+    learner.alpha_opt = adam(learner.temperature.parameters(), cfg.alpha_lr, dev)
+    learner.parts = {"actor": learner.actor, "critic": learner.critic, "critic_target": learner.critic_target,
+                     "temperature": learner.temperature, "normalizer": learner.normalizer,
+                     "actor_opt": learner.actor_opt, "critic_opt": learner.critic_opt, "alpha_opt": learner.alpha_opt}

@@ -16,7 +16,6 @@ actions inside the log-sum-exp are clamped from below by the Monte-Carlo return.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -24,9 +23,9 @@ import torch
 from torch import nn
 
 from agent.config import option
-from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, sac_actor_loss,
+from agent.learners.common import (build_sac_parts, LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, sac_actor_loss,
                                    step, temperature_step)
-from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, soft_update
+from agent.nets import CriticEnsemble, TanhGaussianActor, soft_update
 
 
 @dataclass
@@ -129,20 +128,7 @@ class CQL(LearnerParts):
     algo = "cql"
 
     def __init__(self, cfg: CQLConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
-        self.cfg, self.device = cfg, torch.device(device)
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.target_entropy = -float(act_dim)
-        self.normalizer = ObsNormalizer(obs_dim).to(self.device)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
-        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics, cfg.layer_norm).to(self.device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.temperature = Temperature(1.0).to(self.device)
-        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
-        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, self.device)
-        self.alpha_opt = adam(self.temperature.parameters(), cfg.alpha_lr, self.device)
-        self.parts = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                      "temperature": self.temperature, "normalizer": self.normalizer, "actor_opt": self.actor_opt,
-                      "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        build_sac_parts(self, cfg, obs_dim, act_dim, device, initial_alpha=1.0)
         self.multiplier: LagrangeMultiplier | None = None
         if cfg.lagrange:
             self.multiplier = LagrangeMultiplier().to(self.device)

@@ -10,15 +10,14 @@ one actor and temperature update on the K minibatches concatenated.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from agent.config import option
-from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
+from agent.learners.common import (build_sac_parts, ensemble_td_loss, LearnerParts, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
                                    step, temperature_step)
-from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, soft_update
+from agent.nets import soft_update
 
 
 @dataclass
@@ -34,37 +33,18 @@ class SACNConfig:
     tau: float = option(5e-3, "target update rate")
 
 
-def critic_loss(critic: CriticEnsemble, target_q: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
-    qs = critic(batch["obs"], batch["action"])  # [E, B]
-    loss = ((qs - target_q.unsqueeze(0)) ** 2).mean(1).sum()
-    return loss, {"critic_loss": loss.detach(), "q_mean": qs.mean().detach(), "q_std": qs.std(0).mean().detach()}
-
-
 class SACN(LearnerParts):
     algo = "sacn"
 
     def __init__(self, cfg: SACNConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
-        self.cfg, self.device = cfg, torch.device(device)
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.target_entropy = -float(act_dim)
-        self.normalizer = ObsNormalizer(obs_dim).to(self.device)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
-        self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics, cfg.layer_norm).to(self.device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.temperature = Temperature(cfg.initial_alpha).to(self.device)
-        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
-        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, self.device)
-        self.alpha_opt = adam(self.temperature.parameters(), cfg.alpha_lr, self.device)
-        self.parts = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                      "temperature": self.temperature, "normalizer": self.normalizer, "actor_opt": self.actor_opt,
-                      "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        build_sac_parts(self, cfg, obs_dim, act_dim, device)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = normalize_batch(batch, self.normalizer)
         metrics: dict[str, torch.Tensor] = {}
         for mb in minibatches(batch):
             y = soft_target(self.critic_target, self.actor, self.temperature().detach(), mb, self.cfg.gamma)
-            loss, metrics = critic_loss(self.critic, y, mb)
+            loss, metrics = ensemble_td_loss(self.critic, y, mb)
             step(self.critic_opt, loss, list(self.critic.parameters()))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
         flat = flatten(batch)

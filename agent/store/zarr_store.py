@@ -92,6 +92,9 @@ class EpisodeAttrs:
     """train, valid or test"""
     seed: int = -1
     """reset seed of the episode, -1 when unknown"""
+    lineage: str = ""
+    """JSON of how a derived episode was made (augmentations and their parameters, guide,
+    filter scores); stores created before this column exist read it as absent"""
 
 
 # dtype of each per-episode attribute column
@@ -99,6 +102,7 @@ _EPISODE_COLUMNS: dict[str, Any] = {
     "source": str, "parents": str, "generator_hash": str, "checkpoint": str,
     "quality": str, "split": str, "seed": np.int64, "return": np.float64,
     "success": np.bool_, "length": np.int64,
+    "lineage": str,  # added later: older stores lack it and read without it
 }
 
 
@@ -383,7 +387,8 @@ class Store:
             yield self.episode(i)
 
     def episode_attrs(self) -> dict[str, np.ndarray]:
-        return {name: self.read(f"meta/episodes/{name}") for name in _EPISODE_COLUMNS}
+        return {name: self.read(f"meta/episodes/{name}") for name in _EPISODE_COLUMNS
+                if f"meta/episodes/{name}" in self.array_specs}
 
     # -- writing ---------------------------------------------------------------------
     def append_episode(self, episode: dict[str, np.ndarray], attrs: EpisodeAttrs | None = None) -> int:
@@ -411,7 +416,7 @@ class Store:
                        (f"final_obs/images/{cam}", index, ep[f"final_images/{cam}"][None])]
         writes.append(("final_obs/obs", index, ep["final_obs"][None]))
         writes += [(f"meta/episodes/{name}", index, np.asarray([value], dtype=self._array(f"meta/episodes/{name}").dtype))
-                   for name, value in columns.items()]
+                   for name, value in columns.items() if f"meta/episodes/{name}" in self.array_specs]
         writes.append(("meta/episode_ends", index, np.asarray([end], np.int64)))
         self._write_all(writes)
         stats = _update_stats(self._commit["stats"], ep["obs"], ep["action"])
@@ -492,7 +497,7 @@ class Store:
         where = f"episode {index} of store {self.path!r}"
         if attrs.source not in SOURCES:
             raise ValueError(f"{where}: source {attrs.source!r} is not one of {', '.join(SOURCES)}.")
-        for name in ("generator_hash", "checkpoint", "quality", "split"):
+        for name in ("generator_hash", "checkpoint", "quality", "split", "lineage"):
             if not isinstance(getattr(attrs, name), str):
                 raise ValueError(f"{where}: attribute {name} must be a string, got {type(getattr(attrs, name)).__name__}.")
         try:
@@ -503,11 +508,15 @@ class Store:
                              f"got {attrs.parents!r} and {attrs.seed!r}.") from None
         if any(p < 0 for p in parents):
             raise ValueError(f"{where}: parent episode ids must be >= 0, got {parents}.")
+        if attrs.lineage and "meta/episodes/lineage" not in self.array_specs:
+            raise ValueError(f"{where}: the store was created before episodes had a lineage column; "
+                             f"write derived episodes to a new store.")
         return {
             "source": attrs.source, "parents": json.dumps(parents), "generator_hash": attrs.generator_hash,
             "checkpoint": attrs.checkpoint, "quality": attrs.quality, "split": attrs.split, "seed": seed,
             "return": float(ep["reward"].astype(np.float64).sum()),
             "success": bool(episode.get("success", False)), "length": int(ep["obs"].shape[0]),
+            "lineage": attrs.lineage,
         }
 
     def _array(self, key: str):

@@ -1,0 +1,73 @@
+"""The fine-tuning config: the loop's settings plus one section per algorithm."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config import option, section
+from agent.learners import CalQLConfig, H2OConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
+
+# The loop settings each algorithm's authors use, where the config leaves them empty:
+# warm-up steps, who acts during warm-up, update-to-data ratio, offline share of a batch.
+ALGO_DEFAULTS: dict[str, dict] = {
+    "wsrl": {"warmup_steps": 5_000, "warmup_policy": "policy", "utd": 4, "offline_ratio": 0.0},
+    "ro2o": {"warmup_steps": 2_500, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.0},
+    "calql": {"warmup_steps": 0, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.5},
+    "rlpd": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 20, "offline_ratio": 0.5},
+    "sac": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.0},
+    "h2o": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
+}
+
+
+@dataclass
+class FinetuneConfig:
+    algo: Literal["wsrl", "ro2o", "h2o", "calql", "rlpd", "sac"] = option("wsrl", "fine-tuning algorithm")
+    init: str = option("", "pretrained run directory or checkpoint (WSRL: Cal-QL/CQL; Cal-QL: Cal-QL; RO2O: optional)")
+    env: str = option("", "env id trained in online; empty means the pretrained run's env")
+    sim_gap: list[str] = option([], "dynamics-gap kwargs of the training env, name=value (e.g. gravity_scale=2.0); evaluation always uses the nominal env")
+    data: str = option("", "offline store for mixed batches and the held-out TD diagnostic; empty means the pretrained run's data")
+    real_data: str = option("", "H2O: the real-dynamics dataset (overrides --data)")
+    online_store: str = option("", "store the online episodes are appended to; empty means <out>/online.zarr")
+    out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
+    steps: int = option(50_000, "online environment steps in total")
+    max_minutes: float = option(0.0, "wall-clock budget in minutes (0: none); the run checkpoints and stops when it is spent")
+    offline_steps: int = option(0, "offline updates on the offline data before going online (RO2O pretrains itself)")
+    warmup_steps: int | None = option(None, "environment steps before the first update (empty: the algorithm's default)")
+    warmup_policy: Literal["default", "policy", "random"] = option("default", "who acts during warm-up (default: the algorithm's)")
+    utd: int | None = option(None, "update-to-data ratio K: critic updates per environment step (empty: the algorithm's)")
+    offline_ratio: float | None = option(None, "share of each batch drawn from the offline data (empty: the algorithm's)")
+    batch_size: int = option(256, "transitions per critic update")
+    eval_every: int = option(5_000, "evaluate every this many environment steps (and at step 0, the offline start)")
+    eval_episodes: int = option(5, "episodes per evaluation")
+    checkpoint_every: int = option(5_000, "checkpoint at the first episode end after every this many environment steps")
+    log_every: int = option(1_000, "write training metrics every this many environment steps")
+    heldout_fraction: float = option(0.05, "share of the offline episodes held out for the TD-error diagnostic")
+    seed: int = option(0, "seed for networks, sampling and episode resets")
+    device: str = option("cpu", "torch device: cpu, cuda, or auto")
+    wsrl: WSRLConfig = section(WSRLConfig, "WSRL settings")
+    ro2o: RO2OConfig = section(RO2OConfig, "RO2O settings")
+    h2o: H2OConfig = section(H2OConfig, "H2O settings")
+    calql: CalQLConfig = section(CalQLConfig, "Cal-QL settings (fine-tuning)")
+    rlpd: RLPDConfig = section(RLPDConfig, "RLPD settings")
+    sac: SACConfig = section(SACConfig, "SAC settings")
+
+
+def loop_setting(cfg: FinetuneConfig, name: str):
+    """A loop setting, or the algorithm's default when the config leaves it empty."""
+    value = getattr(cfg, name)
+    if value is None or value == "default":
+        return ALGO_DEFAULTS[cfg.algo][name]
+    return value
+
+
+def parse_gap(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value) if name.strip() == "action_latency_steps" else float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--sim-gap entries must look like name=value (e.g. gravity_scale=2.0), got {item!r}.")
+    return out

@@ -1,0 +1,289 @@
+"""``agent finetune``: one online loop for every fine-tuning algorithm.
+
+The loop interleaves environment steps and updates. What differs between algorithms is
+data, not code: where a batch comes from (:class:`agent.finetune.data.BatchSource`:
+online only, offline + online, real + sim), the warm-up (steps and who acts), the
+update-to-data ratio K (one [K, B] draw, one ``learner.update``), and an optional
+offline phase (RO2O) ended by ``learner.start_online()``.
+
+Resuming: checkpoints are written at episode ends, so that the online buffer is
+exactly this run's first ``len(episode_rows)`` episodes in the store; a resumed run
+reloads them, the networks, optimizers and both RNG states, and continues from the
+checkpointed step. Episodes a killed run appended after its last checkpoint stay in
+the store under the same run id but are left out of the buffer (they are redone).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.checkpoint import check_shapes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from agent.collect import config_hash
+from agent.config import from_dict, save_yaml, to_dict
+from agent.envs import make_env, reference_returns
+from agent.finetune.config import FinetuneConfig, loop_setting, parse_gap
+from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
+from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
+from agent.learners import LEARNERS, make_learner
+from agent.logger import MetricsLogger
+from agent.seeding import seed_everything
+from agent.store import EpisodeAttrs, Store, load_transitions
+
+
+@dataclass
+class LoopState:
+    """Counters a checkpoint saves; everything else is rebuilt from them."""
+
+    run_id: str = ""
+    env_steps: int = 0
+    updates: int = 0
+    offline_updates: int = 0
+    episode_rows: list[int] = field(default_factory=list)  # this run's episodes in the online store
+    first_update_step: int = -1
+
+
+def _to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+
+
+def _checkpoint(cfg: FinetuneConfig, learner, logger: MetricsLogger, rng, state: LoopState, env_id: str) -> None:
+    save_checkpoint(logger.run_dir, state.env_steps, {
+        "algo": cfg.algo, "algo_config": to_dict(learner.cfg), "env_id": env_id,
+        "obs_dim": learner.obs_dim, "act_dim": learner.act_dim, "learner": learner.state_dict(),
+        "rng": rng_state(rng), "loop": {**vars(state), "episode_rows": list(state.episode_rows)},
+    })
+
+
+def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: MetricsLogger, rng, state: LoopState,
+                  env_id: str, progress: bool = True) -> dict:
+    """``cfg.offline_steps`` updates on offline data only (RO2O pretraining itself)."""
+    metrics: dict = {}
+    bar = tqdm(total=cfg.offline_steps, initial=state.offline_updates, desc=f"offline {cfg.algo}", disable=None if progress else True)
+    while state.offline_updates < cfg.offline_steps:
+        metrics = learner.update(_to_tensors(source.sample(1, cfg.batch_size, offline_only=True), learner.device))
+        state.offline_updates += 1
+        if state.offline_updates % cfg.checkpoint_every == 0:
+            _checkpoint(cfg, learner, logger, rng, state, env_id)
+        bar.update(1)
+    bar.close()
+    return {f"offline_{k}": float(v) for k, v in metrics.items()}
+
+
+def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, *, source: BatchSource,
+        rng: np.random.Generator, state: LoopState, eval_env_id: str, heldout: dict | None = None,
+        fit_normalizer_on_warmup: bool = False, progress: bool = True) -> dict:
+    """Fine-tune ``learner`` online from ``state.env_steps`` to ``cfg.steps``; returns the last metrics."""
+    warmup, utd = loop_setting(cfg, "warmup_steps"), loop_setting(cfg, "utd")
+    warmup_policy = loop_setting(cfg, "warmup_policy")
+    act_low, act_high = env.action_space.low, env.action_space.high
+    sim_keys = store.sim_state_keys()
+    gen_hash = config_hash(cfg)
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else float("inf")
+    metrics: dict[str, float] = {}
+    last_update: dict = {}
+    update_time, update_calls = 0.0, 0
+
+    def evaluate(step: int) -> None:
+        nonlocal metrics
+        result = evaluate_with_diagnostics(eval_env_id, learner, cfg.eval_episodes)
+        if heldout is not None:
+            result["heldout_td_error"] = heldout_td_error(learner, heldout)
+        logger.log(step, {k: v for k, v in result.items() if isinstance(v, float)}, prefix="eval/")
+        metrics = {**metrics, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}}
+
+    if state.env_steps == 0 and cfg.eval_episodes > 0:
+        evaluate(0)  # the offline start
+    episode = len(state.episode_rows)
+    obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
+    steps: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", *sim_keys)}
+    bar = tqdm(total=cfg.steps, initial=state.env_steps, desc=f"finetune {cfg.algo}", disable=None if progress else True)
+    next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    while state.env_steps < cfg.steps and time.monotonic() < deadline:
+        if state.env_steps < warmup and warmup_policy == "random":
+            action = rng.uniform(act_low, act_high).astype(np.float32)
+        else:
+            action = np.asarray(learner.act(obs, deterministic=False), np.float32)
+        for k in sim_keys:
+            steps[k].append(np.asarray(info["sim_state"][k], np.float64).ravel())
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for k, v in (("obs", obs), ("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+            steps[k].append(v)
+        obs = next_obs
+        state.env_steps += 1
+        if terminated or truncated:
+            ep = {"obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
+                  "reward": np.asarray(steps["reward"], np.float32), "terminated": np.asarray(steps["terminated"], bool),
+                  "truncated": np.asarray(steps["truncated"], bool), "final_obs": np.asarray(obs, np.float32),
+                  "success": bool(info.get("success", False)),
+                  **{f"sim_state/{k}": np.asarray(steps[k]) for k in sim_keys}}
+            state.episode_rows.append(store.append_episode(ep, EpisodeAttrs(
+                source="online", checkpoint=f"{state.run_id}@{state.env_steps}", generator_hash=gen_hash,
+                quality=cfg.algo, seed=cfg.seed * 1_000_003 + episode)))
+            source.online.add_episode(ep)
+            logger.log(state.env_steps, {"return": float(ep["reward"].sum()), "success": float(ep["success"])},
+                       prefix="train_episode/")
+            episode += 1
+            obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
+            steps = {k: [] for k in steps}
+        if state.env_steps > warmup and source.ready():
+            if fit_normalizer_on_warmup and state.updates == 0:
+                data = source.online.arrays["obs"][: source.online.size]
+                learner.fit_normalizer(data.mean(0), data.var(0))  # from-scratch runs without offline data
+            start = time.perf_counter()
+            last_update = learner.update(_to_tensors(source.sample(utd, cfg.batch_size), learner.device))
+            update_time += time.perf_counter() - start
+            update_calls += 1
+            state.updates += 1
+            if state.first_update_step < 0:
+                state.first_update_step = state.env_steps
+        if state.env_steps % cfg.log_every == 0 and last_update:
+            metrics = {k: float(v) for k, v in last_update.items()}  # the host sync, once per log interval
+            metrics["updates_per_s"] = utd * update_calls / update_time if update_time > 0 else 0.0
+            metrics["online_transitions"] = float(source.online.size)
+            logger.log(state.env_steps, metrics, prefix="train/")
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("q_mean", "alpha") if k in metrics})
+            update_time, update_calls = 0.0, 0
+        if cfg.eval_episodes > 0 and (state.env_steps % cfg.eval_every == 0 or state.env_steps == cfg.steps):
+            evaluate(state.env_steps)
+        if not steps["obs"] and state.env_steps >= next_checkpoint:  # an episode just ended: the buffer is whole
+            _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+            next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        bar.update(1)
+    bar.close()
+    # the unfinished episode is dropped: a resumed run redoes it from its reset seed
+    _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+    return metrics
+
+
+def _build_learner(cfg: FinetuneConfig, obs_dim: int, act_dim: int, device: str, init_ckpt: dict | None):
+    algo_cfg = getattr(cfg, cfg.algo)
+    if cfg.algo == "wsrl":
+        if init_ckpt is None:
+            raise ValueError("WSRL fine-tunes a pretrained policy: pass --init RUN (a Cal-QL or CQL run).")
+        from agent.learners.wsrl import matching_config
+
+        algo_cfg = matching_config(algo_cfg, init_ckpt["algo"], init_ckpt["algo_config"])
+    elif init_ckpt is not None and init_ckpt["algo"] == cfg.algo:
+        algo_cfg = from_dict(LEARNERS[cfg.algo][1], init_ckpt["algo_config"])
+    elif init_ckpt is not None:
+        raise ValueError(f"--init holds a {init_ckpt['algo']!r} run; {cfg.algo} can start only from a {cfg.algo} run "
+                         f"(or from scratch without --init).")
+    learner = make_learner(cfg.algo, algo_cfg, obs_dim, act_dim, device=device)
+    if init_ckpt is not None:
+        if hasattr(learner, "load_pretrained"):
+            learner.load_pretrained(init_ckpt["learner"])
+        else:
+            learner.load_state_dict(init_ckpt["learner"])
+    return learner
+
+
+def open_online_store(path: Path, env_id: str, env, gap: dict) -> Store:
+    if path.exists() and any(path.iterdir()):
+        store = Store.open(path, mode="a")
+        if store.env_id != env_id:
+            raise ValueError(f"online store {str(path)!r} holds {store.env_id} episodes, not {env_id}; choose another --online-store.")
+        return store
+    _, info = env.reset(seed=0)
+    sim_state = info.get("sim_state")
+    return Store.create(path, env_id=env_id, observation_space=env.observation_space, action_space=env.action_space,
+                        control_rate=getattr(env.unwrapped, "control_rate", None), env_kwargs=gap or None,
+                        reference_returns=reference_returns(env_id),
+                        sim_state_dims={k: int(np.asarray(v).size) for k, v in sim_state.items()} if sim_state else None)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
+    """Build env, learner, data and store from ``cfg``, restore a checkpoint when
+    resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
+    if not cfg.out:
+        raise ValueError("finetune needs --out (the run directory).")
+    run_dir = Path(cfg.out)
+    if not resume and (run_dir / "checkpoints" / "latest.pt").exists():
+        raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
+    init_ckpt = load_checkpoint(cfg.init) if cfg.init else None
+    env_id = cfg.env or (init_ckpt or {}).get("env_id", "")
+    if not env_id:
+        raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
+    from agent.pretrain import resolve_device
+
+    device = resolve_device(cfg.device)
+    gap = parse_gap(cfg.sim_gap)
+    env = make_env(env_id, **gap)
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    if init_ckpt is not None:
+        check_shapes(init_ckpt, obs_dim, act_dim, env_id, repr(cfg.init))
+    rng = seed_everything(cfg.seed)
+    learner = _build_learner(cfg, obs_dim, act_dim, device, init_ckpt)
+
+    data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
+    if cfg.algo == "h2o" and not cfg.real_data and not cfg.data:
+        raise ValueError("H2O needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
+    offline = load_transitions(Store.open(data_path)) if data_path else None
+    train_steps = heldout = None
+    if offline is not None:
+        train_steps, heldout_steps = split_heldout(offline, cfg.heldout_fraction)
+        if heldout_steps.size:
+            pick = np.random.default_rng(12345).choice(heldout_steps, size=min(2048, heldout_steps.size), replace=False)
+            heldout = _to_tensors(offline.gather(np.sort(pick)), learner.device)
+        if init_ckpt is None:
+            obs = offline.obs[train_steps]
+            learner.fit_normalizer(obs.mean(0), obs.var(0))
+    prepare = getattr(learner, "prepare", None)
+    source = BatchSource(OnlineBuffer(obs_dim, act_dim, prepare=prepare), offline, train_steps,
+                         float(loop_setting(cfg, "offline_ratio")), rng,
+                         offline_extras=prepare(offline) if (prepare and offline is not None) else None,
+                         mark_real=cfg.algo == "h2o")
+    if make_source is not None:
+        source = make_source(source)
+    if cfg.offline_steps and offline is None:
+        raise ValueError("--offline-steps needs offline data: pass --data STORE.")
+
+    state = LoopState(run_id=f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
+    store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id, env, gap)
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        if ckpt.get("algo") != cfg.algo:
+            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
+        learner.load_state_dict(ckpt["learner"])
+        restore_rng(ckpt["rng"], rng)
+        state = LoopState(**ckpt["loop"])
+        for row in state.episode_rows:
+            source.online.add_episode(store.episode(row))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+    try:
+        summary: dict = {}
+        if state.offline_updates < cfg.offline_steps:
+            summary.update(offline_phase(cfg, learner, source, logger, rng, state, env_id, progress))
+        if hasattr(learner, "start_online"):
+            learner.start_online()
+        summary.update(run(cfg, learner, env, store, logger, source=source, rng=rng, state=state, eval_env_id=env_id,
+                           heldout=heldout, fit_normalizer_on_warmup=init_ckpt is None and offline is None,
+                           progress=progress))
+    finally:
+        logger.close()
+        store.close()
+        env.close()
+    summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
+               "online_episodes": len(state.episode_rows), "offline_draws": source.offline_draws,
+               "first_update_step": state.first_update_step, "resumed": resume, **summary}
+    (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _pretrained_data(init: str) -> str:
+    """The store a pretrained run was trained on, from its config.yaml."""
+    if not init:
+        return ""
+    import yaml
+
+    run_dir = Path(init) if Path(init).is_dir() else Path(init).parent.parent
+    saved = run_dir / "config.yaml"
+    return str(yaml.safe_load(saved.read_text()).get("data", "")) if saved.is_file() else ""
