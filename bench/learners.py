@@ -316,6 +316,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--peer-python", help="python of an environment with d3rlpy: adds the updates/s comparison rows")
+    p.add_argument("--peer-steps", type=int, default=500, help="updates per timed peer run")
     args = p.parse_args()
     reps = 3 if args.quick else 9
     threads = torch.get_num_threads()
@@ -323,7 +324,7 @@ def main() -> None:
     if not args.skip_speed:
         rows += speed_rows(reps, threads)
     if args.peer_python:
-        rows += peer_rows(args.peer_python, 100 if args.quick else 500, 3)
+        rows += peer_rows(args.peer_python, 100 if args.quick else args.peer_steps, 3)
     if not args.skip_learning:
         rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
     print_rows(rows)

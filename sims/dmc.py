@@ -16,6 +16,8 @@ Dynamics-gap keyword arguments (``gravity_scale``, ``mass_scale``, ...; see
 """
 from __future__ import annotations
 
+import logging
+
 import mujoco
 import numpy as np
 from dm_control import suite
@@ -27,6 +29,17 @@ from sims.reference import success_fn
 # Model fields that suite tasks randomize in ``initialize_episode``.
 _TASK_MODEL_FIELDS = ("geom_pos", "geom_size", "geom_quat", "site_pos", "site_size", "body_pos", "body_quat")
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+class _QuietSuiteAssets(logging.Filter):
+    """dm_control's own cheetah/walker assets use an MJCF attribute MuJoCo 3.17 deprecates;
+    the warning is about dm_control's files, not the user's, so it is not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "settotalmass" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietSuiteAssets())
 
 
 class DMCEnv(Env):
