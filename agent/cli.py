@@ -175,13 +175,10 @@ def cmd_eval(args) -> int:
         raise ValueError("eval needs exactly one of --run RUN or --policy {scripted,random}.")
     if cfg.run:
         from agent.checkpoint import load_checkpoint
-        from agent.policy import load_policy
+        from agent.policy import policy_maker
 
         env_id = cfg.env or load_checkpoint(cfg.run).get("env_id")
-
-        def make_policy(env):
-            learner = load_policy(cfg.run, env_id, int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape)))
-            return lambda obs: learner.act(obs, deterministic=cfg.deterministic)
+        make_policy = policy_maker(cfg.run, env_id, cfg.deterministic)
     else:
         if not cfg.env:
             raise ValueError("eval --policy needs --env.")

@@ -35,13 +35,9 @@ def _recipe(tier: str) -> dict:
 
 
 def _evaluate_run(run_dir: Path, episodes: int) -> dict:
-    from agent.policy import load_policy
+    from agent.policy import policy_maker
 
-    def make_policy(env):
-        learner = load_policy(str(run_dir), DEFAULT_ENV, env.observation_space.shape[0], env.action_space.shape[0])
-        return lambda obs: learner.act(obs, deterministic=True)
-
-    result = evaluate(DEFAULT_ENV, make_policy, episodes, progress=True)
+    result = evaluate(DEFAULT_ENV, policy_maker(str(run_dir), DEFAULT_ENV), episodes, progress=True)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 

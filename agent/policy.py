@@ -20,3 +20,16 @@ def load_policy(run_or_checkpoint: str, env_id: str, obs_dim: int, act_dim: int,
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f"checkpoint {run_or_checkpoint!r} does not match the {algo} networks it names: {exc}") from None
     return learner
+
+
+def policy_maker(run_or_checkpoint: str, env_id: str, deterministic: bool = True):
+    """``make_policy(env) -> policy(obs)`` for :func:`agent.evaluate.evaluate`: the saved
+    learner, checked against that env's shapes, acting deterministically by default."""
+    import numpy as np
+
+    def make_policy(env):
+        learner = load_policy(str(run_or_checkpoint), env_id, int(np.prod(env.observation_space.shape)),
+                              int(np.prod(env.action_space.shape)))
+        return lambda obs: learner.act(obs, deterministic=deterministic)
+
+    return make_policy

@@ -118,7 +118,6 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
     """Train ``learner`` from ``start_step`` to ``cfg.steps``; returns the last metrics."""
     env_id = env_id or source.cache.env_id
     metrics: dict[str, float] = {}
-    last_update: dict = {}
     update = make_update_fn(learner, cfg)
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
     for step in range(start_step + 1, cfg.steps + 1):

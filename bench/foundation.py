@@ -51,13 +51,9 @@ def bc_seed(store: Path, work: Path, seed: int, steps: int, eval_every: int, eva
                             eval_episodes=eval_episodes, checkpoint_every=steps))
     curve = [(m["step"], m["eval/normalized_score"]) for m in read_metrics(run) if "eval/normalized_score" in m]
     from agent.evaluate import evaluate
-    from agent.policy import load_policy
+    from agent.policy import policy_maker
 
-    def make_policy(env):
-        learner = load_policy(str(run), ENV, env.observation_space.shape[0], env.action_space.shape[0])
-        return lambda obs: learner.act(obs, deterministic=True)
-
-    final = evaluate(ENV, make_policy, 20, seed=20_000 + 100 * seed)
+    final = evaluate(ENV, policy_maker(str(run), ENV), 20, seed=20_000 + 100 * seed)
     return {"seed": seed, "final_score": final["normalized_score"], "success_rate": final["success_rate"], "curve": curve}
 
 

@@ -181,7 +181,7 @@ def learning_seed(store: Path, work: Path, algo: str, seed: int, steps: int) -> 
     from agent.config import from_dict
     from agent.evaluate import evaluate
     from agent.logger import read_metrics
-    from agent.policy import load_policy
+    from agent.policy import policy_maker
     from agent.pretrain import PretrainConfig, pretrain
 
     run = work / f"{algo}-seed{seed}"
@@ -194,11 +194,7 @@ def learning_seed(store: Path, work: Path, algo: str, seed: int, steps: int) -> 
     pretrain(cfg)
     seconds = time.time() - started
 
-    def make_policy(env):
-        learner = load_policy(str(run), ENV, env.observation_space.shape[0], env.action_space.shape[0])
-        return lambda obs: learner.act(obs, deterministic=True)
-
-    final = evaluate(ENV, make_policy, 20, seed=30_000 + 100 * seed)
+    final = evaluate(ENV, policy_maker(str(run), ENV), 20, seed=30_000 + 100 * seed)
     curve = [(m["step"], m["eval/normalized_score"]) for m in read_metrics(run) if "eval/normalized_score" in m]
     return {"algo": algo, "seed": seed, "final_score": final["normalized_score"], "curve": curve, "seconds": seconds}
 

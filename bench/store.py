@@ -47,16 +47,23 @@ def _episode(rng, length: int, terminated: bool) -> dict:
     return ep
 
 
+def _complete(path: Path, steps: int) -> bool:
+    """A cached store from an earlier run is reused only if it opens and is whole."""
+    from agent.store import Store
+
+    try:
+        return Store.open(path).num_steps == steps
+    except ValueError:
+        return False
+
+
 def build_big_store(path: Path, steps: int, episode_len: int) -> Path:
     """A store of ``steps`` transitions, reused between runs when it is complete."""
     from agent.store import Store
 
     if path.exists():
-        try:
-            if Store.open(path).num_steps == steps:
-                return path
-        except ValueError:
-            pass
+        if _complete(path, steps):
+            return path
         shutil.rmtree(path)
     obs_space, act_space = _spaces()
     rng = np.random.default_rng(0)

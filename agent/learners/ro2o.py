@@ -112,7 +112,7 @@ class RO2O(LearnerParts):
 
     def __init__(self, cfg: RO2OConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
         build_sac_parts(self, cfg, obs_dim, act_dim, device)
-        self.schedule = Schedule().to(self.device)
+        self.schedule = Schedule()  # host-side counters: read every update without a device sync
         self.parts["schedule"] = self.schedule
 
     def start_online(self) -> None:

@@ -114,13 +114,9 @@ def _space_to_json(space) -> dict:
 
 
 def software_versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("agent", "numpy", "zarr", "mujoco", "dm-control", "gymnasium", "torch"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in metadata.distributions()}
+    wanted = ("agent", "numpy", "zarr", "mujoco", "dm-control", "gymnasium", "torch")
+    return {pkg: installed[pkg] for pkg in wanted if pkg in installed}
 
 
 def _digest(obj) -> str:
