@@ -31,7 +31,7 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, layer_norm: bool = Fa
         layers.append(nn.Linear(last, width))
         if layer_norm:
             layers.append(nn.LayerNorm(width))
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU(inplace=True))  # the Linear/LayerNorm output is not kept for backward
         last = width
     layers.append(nn.Linear(last, out_dim))
     return nn.Sequential(*layers)
@@ -98,7 +98,9 @@ class CriticEnsemble(nn.Module):
             layers.append(VectorizedLinear(last, width, ensemble_size))
             if layer_norm:
                 layers.append(VectorizedLayerNorm(width, ensemble_size))
-            layers.append(nn.ReLU())
+            # in place: the matmul's (or LayerNorm's) output is not kept for backward,
+            # so this saves one [E, B, width] allocation per layer
+            layers.append(nn.ReLU(inplace=True))
             last = width
         layers.append(VectorizedLinear(last, 1, ensemble_size))
         self.net = nn.Sequential(*layers)

@@ -19,6 +19,7 @@ from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConf
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
 from agent.store import Store, TransitionCache, load_transitions
+from agent.perf import tune_cpu_allocator
 
 
 @dataclass
@@ -145,6 +146,7 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Open the store, build the learner, restore a checkpoint when resuming, and train."""
+    tune_cpu_allocator()
     if not cfg.data:
         raise ValueError("pretrain needs --data (a store written by `agent collect` or `agent import`).")
     if not cfg.out:

@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from common import RESULTS, WORK, cached, iqm_ci, print_rows, row, write_results
 
 ENV = "sims/ArmPush-v0"
 GAP = ["gravity_scale=2.0"]
+GROUPS = ("wsrl", "calql", "sac", "rlpd", "ro2o", "h2o", "resume")
 
 # CPU-sized settings (stated in the results); --gpu restores the authors' sizes.
 CPU = {"seeds": 3, "episodes": 200, "real_episodes": 50, "hidden": [128, 128], "pretrain_steps": 15_000,
@@ -149,13 +151,14 @@ def kill_and_resume(work: Path, init: str, s: dict) -> tuple[float, str]:
     args = [sys.executable, "-m", "agent.cli", "finetune", "--algo", "wsrl", "--init", init, "--env", ENV, "--out", str(out),
             "--steps", str(steps), "--warmup-steps", "100", "--batch-size", "32", "--eval-episodes", "0",
             "--checkpoint-every", str(every), "--log-every", "50"]
-    if not (out / "checkpoints" / "latest.pt").exists():
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        while proc.poll() is None and not (out / "checkpoints" / f"step_{2 * every:08d}.pt").exists():
-            time.sleep(0.2)
-        time.sleep(1.0)  # run on past the checkpoint, then kill without warning
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if out.exists():  # a finished run from an earlier bench would have nothing left to resume
+        shutil.rmtree(out)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while proc.poll() is None and not (out / "checkpoints" / f"step_{2 * every:08d}.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # run on past the checkpoint, then kill without warning
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     ckpt = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     store = Store.open(out / "online.zarr")
     lengths = store.episode_attrs()["length"]
@@ -175,7 +178,7 @@ def kill_and_resume(work: Path, init: str, s: dict) -> tuple[float, str]:
 
     cfg = from_dict(FinetuneConfig, load_yaml(out / "config.yaml"))
     summary = finetune(cfg, resume=True, progress=False, make_source=watch)
-    ok = seen.get("buffer") == expected and summary["env_steps"] == steps and ckpt["step"] >= 2 * every
+    ok = seen.get("buffer") == expected and summary["env_steps"] == steps and 2 * every <= ckpt["step"] < steps
     return float(ok), (f"killed after checkpoint at step {ckpt['step']} ({store.num_episodes} episodes in store, "
                        f"{len(ckpt['loop']['episode_rows'])} checkpointed); resumed buffer {seen.get('buffer')} "
                        f"transitions (expected {expected}); finished at {summary['env_steps']}/{steps}")
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
     parser.add_argument("--gpu", action="store_true", help="the authors' sizes on a CUDA device (writes finetune.gpu.json)")
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default 2 on CPU)")
+    parser.add_argument("--only", default="", help=f"comma-separated groups to run now ({', '.join(GROUPS)}); "
+                        "default all. Rows are written for groups whose seeds are all finished, merged into the results file")
     args = parser.parse_args()
     s = QUICK if args.quick else GPU if args.gpu else CPU
     device = "cuda" if args.gpu else "cpu"
@@ -196,9 +201,14 @@ def main() -> None:
     start = time.time()
     data = collect_data(work, s)
     seeds = range(s["seeds"])
+    groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"--only expects groups from {', '.join(GROUPS)}; got {', '.join(unknown)}")
+    needs = {"calql": any(g in groups for g in ("wsrl", "calql", "resume")), "iql": "h2o" in groups}
     pre = _in_pool("pretrain", [{"key": f"pretrain-{algo}-{seed}", "algo": algo, "seed": seed, "settings": s, "device": device,
                                    "data": data["medium" if algo == "calql" else "real"], "out": str(work / f"pretrain-{algo}-{seed}")}
-                                  for algo in ("calql", "iql") for seed in seeds], workers, name)
+                                  for algo in ("calql", "iql") if needs[algo] for seed in seeds], workers, name)
     jobs = []
     for seed in seeds:
         base = {"seed": seed, "settings": s, "device": device, "data": data["medium"]}
@@ -210,7 +220,16 @@ def main() -> None:
     for job in jobs:
         job["key"] = f"{job['algo']}{'-' + job['tag'] if 'tag' in job else ''}-{job['seed']}"
         job["out"] = str(work / job["key"])
-    runs = _in_pool("finetune", jobs, workers, name)
+    wanted = {g for g in groups if g != "resume"} | ({"sac-sim-only"} if "h2o" in groups else set())
+    # seed-major order: every group's first seed finishes before any second seed starts
+    runs = _in_pool("finetune", [j for j in jobs if j["key"].rsplit("-", 1)[0] in wanted], workers, name)
+    done = {key for key in (j["key"] for j in jobs) if (WORK / name / f"{key}.json").exists()}
+    runs.update({key: cached(name, key, lambda: None) for key in done})
+    pre.update({key: cached(name, key, lambda: None) for key in (f"pretrain-iql-{seed}" for seed in seeds)
+                if (WORK / name / f"{key}.json").exists()})
+
+    def complete(*prefixes: str) -> bool:
+        return all(f"{p}-{seed}" in done for p in prefixes for seed in seeds)
 
     def group(prefix: str) -> list[dict]:
         return [runs[f"{prefix}-{seed}"] for seed in seeds]
@@ -222,41 +241,56 @@ def main() -> None:
         point, lo, hi = iqm_ci(values)
         return f"IQM {point:.1f} [{lo:.1f}, {hi:.1f}] over {len(values)} seeds"
 
-    wsrl, starts = finals("wsrl"), [r["values"][0] for r in group("wsrl")]
-    iql = [pre[f"pretrain-iql-{seed}"].get("eval_normalized_score", float("nan")) for seed in seeds]
     diff = lambda a, b: [x - y for x, y in zip(a, b)]  # noqa: E731 -- seed-paired differences
-    rows = [
-        row("wsrl_reaches_80", iqm_ci(wsrl)[0], "score", ">= 80", ci(wsrl)),
-        row("wsrl_final_minus_offline_start", iqm_ci(diff(wsrl, starts))[0], "points", ">= 20",
-            f"offline start {ci(starts)}"),
-        row("wsrl_dip_first_20pct", iqm_ci([dip(r) for r in group("wsrl")])[0], "points", ">= -10",
-            "lowest eval in the first 20% of online steps minus the offline start"),
-        row("wsrl_minus_sac", iqm_ci(diff(wsrl, finals("sac")))[0], "points", "> 0", f"SAC from scratch {ci(finals('sac'))}"),
-        row("wsrl_minus_calql_5050", iqm_ci(diff(wsrl, finals("calql")))[0], "points", "> 0",
-            f"Cal-QL 50/50 {ci(finals('calql'))}; RLPD {ci(finals('rlpd'))}"),
-        row("ro2o_dip_first_20pct", iqm_ci([dip(r) for r in group("ro2o")])[0], "points", ">= -10",
-            f"RO2O final {ci(finals('ro2o'))}"),
-        row("ro2o_improvement", iqm_ci([r["values"][-1] - r["values"][0] for r in group("ro2o")])[0], "points", "> 0",
-            "final minus its offline start"),
-        row("h2o_minus_iql_offline", iqm_ci(diff(finals("h2o"), iql))[0], "points", "> 0",
-            f"H2O {ci(finals('h2o'))}, IQL on the real data {ci(iql)}; sim gap {GAP[0]}, scored on real dynamics"),
-        row("h2o_minus_sac_sim_only", iqm_ci(diff(finals("h2o"), finals("sac-sim-only")))[0], "points", "> 0",
-            f"SAC in the sim only {ci(finals('sac-sim-only'))}"),
-    ]
-    value, detail = kill_and_resume(work, str(work / "pretrain-calql-0"), s)
-    rows.append(row("resume_continues_with_buffer", value, "bool", "== 1", detail))
-    rows[0]["detail"] += f"; settings (stated for every row) {json.dumps(s)}"
+    rows = []
+    if complete("wsrl"):
+        wsrl, starts = finals("wsrl"), [r["values"][0] for r in group("wsrl")]
+        rows += [
+            row("wsrl_reaches_80", iqm_ci(wsrl)[0], "score", ">= 80", ci(wsrl)),
+            row("wsrl_final_minus_offline_start", iqm_ci(diff(wsrl, starts))[0], "points", ">= 20",
+                f"offline start {ci(starts)}"),
+            row("wsrl_dip_first_20pct", iqm_ci([dip(r) for r in group("wsrl")])[0], "points", ">= -10",
+                "lowest eval in the first 20% of online steps minus the offline start"),
+        ]
+        if complete("sac"):
+            rows.append(row("wsrl_minus_sac", iqm_ci(diff(wsrl, finals("sac")))[0], "points", "> 0",
+                            f"SAC from scratch {ci(finals('sac'))}"))
+        if complete("calql"):
+            rlpd = f"; RLPD {ci(finals('rlpd'))}" if complete("rlpd") else ""
+            rows.append(row("wsrl_minus_calql_5050", iqm_ci(diff(wsrl, finals("calql")))[0], "points", "> 0",
+                            f"Cal-QL 50/50 {ci(finals('calql'))}{rlpd}"))
+    if complete("ro2o"):
+        rows += [row("ro2o_dip_first_20pct", iqm_ci([dip(r) for r in group("ro2o")])[0], "points", ">= -10",
+                     f"RO2O final {ci(finals('ro2o'))}"),
+                 row("ro2o_improvement", iqm_ci([r["values"][-1] - r["values"][0] for r in group("ro2o")])[0], "points", "> 0",
+                     "final minus its offline start")]
+    if complete("h2o", "sac-sim-only") and all(f"pretrain-iql-{seed}" in pre for seed in seeds):
+        iql = [pre[f"pretrain-iql-{seed}"].get("eval_normalized_score", float("nan")) for seed in seeds]
+        rows += [row("h2o_minus_iql_offline", iqm_ci(diff(finals("h2o"), iql))[0], "points", "> 0",
+                     f"H2O {ci(finals('h2o'))}, IQL on the real data {ci(iql)}; sim gap {GAP[0]}, scored on real dynamics"),
+                 row("h2o_minus_sac_sim_only", iqm_ci(diff(finals("h2o"), finals("sac-sim-only")))[0], "points", "> 0",
+                     f"SAC in the sim only {ci(finals('sac-sim-only'))}")]
+    if "resume" in groups:
+        value, detail = kill_and_resume(work, str(work / "pretrain-calql-0"), s)
+        rows.append(row("resume_continues_with_buffer", value, "bool", "== 1", detail))
+    for r in rows:
+        r["detail"] += f"; online steps {s['online_steps']}, settings in the first row"
+    if rows:
+        rows[0]["detail"] += f"; settings (stated for every row) {json.dumps(s)}"
     from agent.finetune.report import report
 
-    main_runs = [runs[f"{p}-{seed}"]["run"] for p in ("wsrl", "calql", "sac", "rlpd", "ro2o") for seed in seeds]
-    h2o_runs = [runs[f"{p}-{seed}"]["run"] for p in ("h2o", "sac-sim-only") for seed in seeds]
+    main_runs = [runs[f"{p}-{seed}"]["run"] for p in ("wsrl", "calql", "sac", "rlpd", "ro2o") for seed in seeds
+                 if f"{p}-{seed}" in done]
+    h2o_runs = [runs[f"{p}-{seed}"]["run"] for p in ("h2o", "sac-sim-only") for seed in seeds if f"{p}-{seed}" in done]
     suffix = name.removeprefix("finetune")
     for run_dirs, png in ((main_runs, f"finetune{suffix}.png"), (h2o_runs, f"finetune_h2o{suffix}.png")):
+        if not run_dirs:
+            continue
         result = report(run_dirs, str(work / f"report-{png[:-4]}"), title=f"{ENV} ({'quick' if args.quick else device})")
         (RESULTS / png).write_bytes(Path(result["png"]).read_bytes())
         print(result["table"])
     print_rows(rows)
-    out = write_results(name, rows, command="python bench/finetune.py" + (" --quick" if args.quick else " --gpu" if args.gpu else ""))
+    out = write_results(name, rows, merge=True, command="python bench/finetune.py" + (" --quick" if args.quick else " --gpu" if args.gpu else ""))
     print(f"wrote {out} in {(time.time() - start) / 60:.1f} min")
 
 

@@ -63,13 +63,19 @@ def sac_actor_loss(actor: TanhGaussianActor, critic: CriticEnsemble, alpha: torc
     return loss, log_prob, {"actor_loss": loss.detach(), "entropy": -log_prob.mean().detach()}
 
 
-def temperature_step(temperature: Temperature, optimizer: torch.optim.Optimizer, log_prob: torch.Tensor,
-                     target_entropy: float) -> dict:
-    loss = temperature.loss(log_prob, target_entropy)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=[temperature.log_alpha])
-    optimizer.step()
-    return {"alpha": temperature().detach(), "alpha_loss": loss.detach()}
+def actor_temperature_step(learner: "LearnerParts", actor_loss: torch.Tensor, log_prob: torch.Tensor) -> dict:
+    """The actor step and the temperature step from one backward pass. The actor loss
+    sees alpha detached and the temperature loss sees log pi detached, so the joint
+    backward gives each parameter exactly its own loss's gradient (bit-identical to two
+    separate steps) for one autograd call instead of two."""
+    temperature = learner.temperature
+    alpha_loss = temperature.loss(log_prob, learner.target_entropy)
+    learner.actor_opt.zero_grad(set_to_none=True)
+    learner.alpha_opt.zero_grad(set_to_none=True)
+    (actor_loss + alpha_loss).backward(inputs=[*learner.actor.parameters(), temperature.log_alpha])
+    learner.actor_opt.step()
+    learner.alpha_opt.step()
+    return {"alpha": temperature().detach(), "alpha_loss": alpha_loss.detach()}
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:

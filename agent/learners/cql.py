@@ -24,7 +24,7 @@ from torch import nn
 
 from agent.config import option
 from agent.learners.common import (build_sac_parts, LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, sac_actor_loss,
-                                   step, temperature_step)
+                                   step, actor_temperature_step)
 from agent.nets import CriticEnsemble, TanhGaussianActor, soft_update
 
 
@@ -150,5 +150,4 @@ class CQL(LearnerParts):
                 step(self.multiplier_opt, multiplier_loss, [self.multiplier.log_value])
             soft_update(self.critic_target, self.critic, self.cfg.tau)
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flatten(batch)["obs"])
-        step(self.actor_opt, loss, list(self.actor.parameters()))
-        return {**metrics, **actor_metrics, **temperature_step(self.temperature, self.alpha_opt, log_prob, self.target_entropy)}
+        return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}

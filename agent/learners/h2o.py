@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from agent.config import option
 from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
-                                   step, temperature_step)
+                                   step, actor_temperature_step)
 from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, mlp, soft_update
 
 
@@ -206,5 +206,4 @@ class H2O(LearnerParts):
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             metrics = {**metrics, **disc_metrics, **_percentiles("w", w), **_percentiles("omega_x_batch", omega * omega.numel())}
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flatten(batch)["obs"])
-        step(self.actor_opt, loss, list(self.actor.parameters()))
-        return {**metrics, **actor_metrics, **temperature_step(self.temperature, self.alpha_opt, log_prob, self.target_entropy)}
+        return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}

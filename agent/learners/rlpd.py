@@ -24,7 +24,7 @@ import torch
 
 from agent.config import option
 from agent.learners.common import (build_sac_parts, LearnerParts, ensemble_td_loss, flatten, minibatches, normalize_batch,
-                                   sac_actor_loss, step, subset_min_target, temperature_step)
+                                   sac_actor_loss, step, subset_min_target, actor_temperature_step)
 from agent.nets import soft_update
 
 
@@ -63,5 +63,4 @@ class RLPD(LearnerParts):
             soft_update(self.critic_target, self.critic, self.cfg.tau)
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flatten(batch)["obs"],
                                                        reduce=self.cfg.actor_reduce)
-        step(self.actor_opt, loss, list(self.actor.parameters()))
-        return {**metrics, **actor_metrics, **temperature_step(self.temperature, self.alpha_opt, log_prob, self.target_entropy)}
+        return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}

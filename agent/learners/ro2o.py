@@ -28,7 +28,7 @@ from torch import nn
 
 from agent.config import option
 from agent.learners.common import (build_sac_parts, LearnerParts, ensemble_td_loss, flatten, minibatches, normalize_batch,
-                                   sac_actor_loss, soft_target, step, temperature_step)
+                                   sac_actor_loss, soft_target, step, actor_temperature_step)
 from agent.nets import CriticEnsemble, TanhGaussianActor, soft_update
 
 
@@ -151,6 +151,5 @@ class RO2O(LearnerParts):
             kl = policy_smoothness(self.actor, obs, perturb(obs, cfg.num_perturbations, cfg.perturb_eps))
             loss = loss + cfg.policy_smooth_weight * kl
             actor_metrics["policy_smooth_kl"] = kl.detach()
-        step(self.actor_opt, loss, list(self.actor.parameters()))
         return {**metrics, **actor_metrics, "ood_lambda": torch.tensor(lam),
-                **temperature_step(self.temperature, self.alpha_opt, log_prob, self.target_entropy)}
+                **actor_temperature_step(self, loss, log_prob)}

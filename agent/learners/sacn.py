@@ -16,7 +16,7 @@ import torch
 
 from agent.config import option
 from agent.learners.common import (build_sac_parts, ensemble_td_loss, LearnerParts, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
-                                   step, temperature_step)
+                                   step, actor_temperature_step)
 from agent.nets import soft_update
 
 
@@ -49,5 +49,4 @@ class SACN(LearnerParts):
             soft_update(self.critic_target, self.critic, self.cfg.tau)
         flat = flatten(batch)
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flat["obs"])
-        step(self.actor_opt, loss, list(self.actor.parameters()))
-        return {**metrics, **actor_metrics, **temperature_step(self.temperature, self.alpha_opt, log_prob, self.target_entropy)}
+        return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}
