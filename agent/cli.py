@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, AugmentConfig)
     p.add_argument("--list", action="store_true", help="list the registered augmentations, guides and filters, then exit")
 
+    p = sub.add_parser("robot", help="the ROS 2 bridge: serve the simulated arm",
+                       description="Commands of the ROS 2 bridge (ROS2.md).")
+    robot_sub = p.add_subparsers(dest="robot_command", required=True, metavar="ROBOT_COMMAND")
+    # listed here for --help; main() hands its flags to robot.driver, imported only when it runs
+    robot_sub.add_parser("sim-driver", help="serve the simulated arm over ROS 2 topics (ros2_control style); "
+                                            "see agent robot sim-driver --help")
+
     p = sub.add_parser("demo", help="collect, pretrain and evaluate on the default task; print a table",
                        description="The quick-start job: collect random/medium/expert datasets, pretrain BC on each, evaluate, print normalized scores.")
     p.add_argument("--out", default="runs/demo", help="directory for the demo's stores and runs (default: runs/demo)")
@@ -263,10 +270,15 @@ COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "finetune": cmd_fi
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["robot", "sim-driver"]:  # the driver parses its own flags
+        from robot.driver import main as driver_main
+
+        return driver_main(argv[2:], prog="agent robot sim-driver")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:  # ConnectionError: an unreachable robot
         if os.environ.get("AGENT_DEBUG"):
             raise
         print(f"agent {args.command}: error: {exc}", file=sys.stderr)

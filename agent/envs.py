@@ -25,6 +25,10 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
 
 
 def reference_returns(env_id: str) -> tuple[float, float] | None:
+    """(random, expert) returns for normalized scores; a ``robot/`` task is the same task
+    as its simulated twin (same reward functions), so it shares the ``sims/`` references."""
+    if env_id.startswith("robot/"):
+        env_id = "sims/" + env_id.removeprefix("robot/")
     _register_owner(env_id)
     return importlib.import_module("sims.reference").reference_returns(env_id)
 

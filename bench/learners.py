@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -160,7 +161,8 @@ ENV = "sims/ArmPush-v0"
 LEARNING = {  # CPU-sized settings, stated in the results
     "bc": {},
     "iql": {"iql": {"expectile": 0.7, "beta": 3.0}},
-    "calql": {"calql": {"hidden_dims": [256, 256], "alpha_cql": 5.0}},
+    # 4 sampled actions per state for the logsumexp (the papers use 10): a CPU sizing
+    "calql": {"calql": {"hidden_dims": [256, 256], "alpha_cql": 5.0, "num_sampled_actions": 4}},
 }
 
 
@@ -199,12 +201,27 @@ def learning_seed(store: Path, work: Path, algo: str, seed: int, steps: int) -> 
     return {"algo": algo, "seed": seed, "final_score": final["normalized_score"], "curve": curve, "seconds": seconds}
 
 
-def learning_rows(seeds: int, steps: int) -> list[dict]:
+def _learning_job(job: tuple) -> None:
+    from common import cached
+
+    torch.set_num_threads(1)
+    store, work, algo, seed, steps = job
+    cached("learners", f"{algo}-s{steps}-seed{seed}", lambda: learning_seed(store, work, algo, seed, steps))
+
+
+def learning_rows(seeds: int, steps: int, workers: int = 1) -> list[dict]:
+    import multiprocessing
+
     from common import WORK, cached, iqm_ci
 
     work = WORK / "learners"
     work.mkdir(parents=True, exist_ok=True)
     store = medium_store(work)
+    todo = [(store, work, algo, s, steps) for algo in LEARNING for s in range(seeds)
+            if not (WORK / "learners" / f"{algo}-s{steps}-seed{s}.json").exists()]
+    if workers > 1 and todo:  # each finished run is cached as it ends, so a killed bench resumes
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            list(pool.imap_unordered(_learning_job, todo))
     results = {algo: [cached("learners", f"{algo}-s{steps}-seed{s}", lambda a=algo, s=s: learning_seed(store, work, a, s, steps))
                       for s in range(seeds)] for algo in LEARNING}
     plot_learning(results, ROOT / "bench" / "results" / "learners_medium.png")
@@ -244,24 +261,29 @@ def ours_updates_per_s(store: Path, algo: str, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def flat_export(work: Path) -> Path:
+    """The medium data as flat arrays for d3rlpy (it infers episodes from terminals/timeouts)."""
+    import numpy as np
+
+    from agent.store import Store, load_transitions
+
+    work.mkdir(parents=True, exist_ok=True)
+    cache = load_transitions(Store.open(medium_store(work)))
+    npz = work / "medium.npz"
+    np.savez(npz, obs=cache.obs, action=cache.action, reward=cache.reward,
+             terminated=cache.terminated, truncated=cache.truncated | np.isin(np.arange(cache.num_steps), cache.episode_ends - 1))
+    return npz
+
+
 def peer_rows(peer_python: str, steps: int, reps: int) -> list[dict]:
     """Updates/s of our IQL and CQL against d3rlpy's on the same data, alternating runs."""
     import json as _json
     import subprocess
 
-    import numpy as np
-
     from common import WORK
-    from agent.store import Store, load_transitions
 
     work = WORK / "learners"
-    work.mkdir(parents=True, exist_ok=True)
-    store = medium_store(work)
-    cache = load_transitions(Store.open(store))
-    npz = work / "medium.npz"
-    # d3rlpy takes flat arrays; it infers episodes from terminals/timeouts
-    np.savez(npz, obs=cache.obs, action=cache.action, reward=cache.reward,
-             terminated=cache.terminated, truncated=cache.truncated | np.isin(np.arange(cache.num_steps), cache.episode_ends - 1))
+    store, npz = medium_store(work), flat_export(work)
     rows = []
     for algo in ("iql", "cql"):
         ours, peer, version = [], [], ""
@@ -277,6 +299,46 @@ def peer_rows(peer_python: str, steps: int, reps: int) -> list[dict]:
                         f"ours {o:.0f} vs d3rlpy {version} {p:.0f} updates/s (incl. sampling), batch 256, "
                         f"settings {PEER_SETTINGS[algo][1]}, medians of {reps} alternating runs of {steps} updates"))
     return rows
+
+
+def peer_score_rows(peer_python: str, seeds: int, steps: int) -> list[dict]:
+    """Normalized scores of d3rlpy's IQL trained on the same medium data with the same
+    settings and update budget as our learning rows' IQL, both evaluated by our evaluator
+    (20 episodes per seed, the same evaluation seeds)."""
+    import subprocess
+
+    from common import WORK, cached, iqm_ci
+    from agent.evaluate import evaluate
+
+    work = WORK / "learners"
+    npz = flat_export(work)
+
+    def peer_seed(seed: int) -> dict:
+        policy_path = work / f"peer-iql-seed{seed}.pt"
+        subprocess.run([peer_python, str(ROOT / "bench" / "peer_d3rlpy.py"), str(npz), "iql", str(steps), "1",
+                        "--save", str(policy_path), "--seed", str(seed)], capture_output=True, text=True, check=True,
+                       cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        policy = torch.jit.load(str(policy_path)).eval()
+
+        def make_policy(env):
+            def act(obs):
+                with torch.no_grad():
+                    return policy(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            return act
+        final = evaluate(ENV, make_policy, 20, seed=30_000 + 100 * seed)
+        return {"seed": seed, "final_score": final["normalized_score"]}
+
+    peer = [cached("learners", f"peer-iql-s{steps}-seed{s}", lambda s=s: peer_seed(s)) for s in range(seeds)]
+    ours = [cached("learners", f"iql-s{steps}-seed{s}", lambda: None) for s in range(seeds)]
+    if any(r is None for r in ours):
+        raise SystemExit("peer score rows need our IQL learning runs first: run without --skip-learning")
+    p, q = [r["final_score"] for r in peer], [r["final_score"] for r in ours]
+    (pm, plo, phi), (om, olo, ohi) = iqm_ci(p), iqm_ci(q)
+    return [row("iql_score_vs_d3rlpy", round(om - pm, 2), "points", ">= -5",
+                f"ours IQM {om:.1f} [{olo:.1f}, {ohi:.1f}] vs d3rlpy IQM {pm:.1f} [{plo:.1f}, {phi:.1f}] over {seeds} seeds, "
+                f"{steps} updates, batch 256, expectile 0.7, beta 3, 2x256, standardized observations, on {ENV} medium data; "
+                f"20 evaluation episodes per seed with our evaluator; seeds ours {[round(x, 1) for x in q]}, "
+                f"d3rlpy {[round(x, 1) for x in p]}")]
 
 
 def plot_learning(results: dict, path: Path) -> None:
@@ -311,18 +373,23 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true", help="leave out the speed-ratio rows")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--workers", type=int, default=1, help="learning runs in parallel processes (one torch thread each)")
     p.add_argument("--peer-python", help="python of an environment with d3rlpy: adds the updates/s comparison rows")
     p.add_argument("--peer-steps", type=int, default=500, help="updates per timed peer run")
+    p.add_argument("--skip-peer-speed", action="store_true", help="with --peer-python: leave out the updates/s rows")
+    p.add_argument("--skip-peer-score", action="store_true", help="with --peer-python: leave out the score parity row")
     args = p.parse_args()
     reps = 3 if args.quick else 9
     threads = torch.get_num_threads()
     rows: list[dict] = []
     if not args.skip_speed:
         rows += speed_rows(reps, threads)
-    if args.peer_python:
+    if args.peer_python and not args.skip_peer_speed:
         rows += peer_rows(args.peer_python, 100 if args.quick else args.peer_steps, 3)
     if not args.skip_learning:
-        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
+        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps, args.workers)
+    if args.peer_python and not args.skip_peer_score:
+        rows += peer_score_rows(args.peer_python, 1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
     print_rows(rows)
     write_results("learners" + (".quick" if args.quick else ""), rows, merge=True)
 

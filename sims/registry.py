@@ -6,6 +6,8 @@ import difflib
 import gymnasium
 
 PREFIXES = ("dmc/", "sims/")
+# ids other packages register (robot/: the ROS 2 bridge, once imported), listed with ours
+FOREIGN_PREFIXES = ("robot/",)
 _registered = False
 # The project's arm tasks: id -> task name in sims.arm.env.TASKS.
 ARM_TASKS = {
@@ -39,9 +41,9 @@ def register_all() -> None:
 
 
 def known_env_ids() -> list[str]:
-    """All task ids this package registers, sorted."""
+    """All task ids this package registers, and those of FOREIGN_PREFIXES registered so far, sorted."""
     register_all()
-    return sorted(k for k in gymnasium.registry if k.startswith(PREFIXES))
+    return sorted(k for k in gymnasium.registry if k.startswith(PREFIXES + FOREIGN_PREFIXES))
 
 
 def make(env_id: str, **kwargs) -> gymnasium.Env:

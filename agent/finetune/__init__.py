@@ -3,10 +3,24 @@
 * :mod:`agent.finetune.config` -- :class:`FinetuneConfig` and each algorithm's loop defaults.
 * :mod:`agent.finetune.data` -- the online buffer and the [K, B] batch source.
 * :mod:`agent.finetune.loop` -- :func:`run` (the loop) and :func:`finetune` (set-up, resume).
+* :mod:`agent.finetune.actor_learner` -- the same with actor and learner in separate
+  processes (``actor_learner: true``; ROS2.md, "Timing").
 * :mod:`agent.finetune.diagnostics` -- evaluation with Q calibration, held-out TD error.
 * :mod:`agent.finetune.report` -- learning curves and a markdown table across runs.
 """
+from agent.finetune import loop as _loop
 from agent.finetune.config import ALGO_DEFAULTS, FinetuneConfig
-from agent.finetune.loop import LoopState, finetune, run
+from agent.finetune.loop import LoopState, run
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
+    """Run ``agent finetune``: the single-process loop, or actor and learner in two
+    processes when ``cfg.actor_learner`` is set. ``make_source`` lets tests wrap the batch source."""
+    if cfg.actor_learner:
+        from agent.finetune.actor_learner import finetune_actor_learner
+
+        return finetune_actor_learner(cfg, resume=resume, progress=progress, make_source=make_source)
+    return _loop.finetune(cfg, resume=resume, progress=progress, make_source=make_source)
+
 
 __all__ = ["ALGO_DEFAULTS", "FinetuneConfig", "LoopState", "finetune", "run"]

@@ -25,6 +25,7 @@ class FinetuneConfig:
     init: str = option("", "pretrained run directory or checkpoint (WSRL: Cal-QL/CQL; Cal-QL: Cal-QL; RO2O: optional)")
     env: str = option("", "env id trained in online; empty means the pretrained run's env")
     sim_gap: list[str] = option([], "dynamics-gap kwargs of the training env, name=value (e.g. gravity_scale=2.0); evaluation always uses the nominal env")
+    env_kwargs: list[str] = option([], "name=value kwargs for the env, train and eval; values are YAML scalars (e.g. domain_id=5,transport=dds)")
     data: str = option("", "offline store for mixed batches and the held-out TD diagnostic; empty means the pretrained run's data")
     real_data: str = option("", "H2O: the real-dynamics dataset (overrides --data)")
     online_store: str = option("", "store the online episodes are appended to; empty means <out>/online.zarr")
@@ -44,6 +45,9 @@ class FinetuneConfig:
     heldout_fraction: float = option(0.05, "share of the offline episodes held out for the TD-error diagnostic")
     seed: int = option(0, "seed for networks, sampling and episode resets")
     device: str = option("cpu", "torch device: cpu, cuda, or auto")
+    actor_learner: bool = option(False, "run the actor (env, control loop) and the learner in separate processes (ROS2.md, Timing)")
+    control_rate: float = option(20.0, "actor-learner: the actor's control rate in Hz; 0 leaves pacing to the env (sims run unpaced, robot envs pace themselves)")
+    weight_push_seconds: float = option(1.0, "actor-learner: the learner pushes new actor weights this often (seconds); the actor swaps them between steps")
     wsrl: WSRLConfig = section(WSRLConfig, "WSRL settings")
     ro2o: RO2OConfig = section(RO2OConfig, "RO2O settings")
     h2o: H2OConfig = section(H2OConfig, "H2O settings")
@@ -70,4 +74,24 @@ def parse_gap(items: list[str]) -> dict[str, float]:
             sep = ""
         if not sep:
             raise ValueError(f"--sim-gap entries must look like name=value (e.g. gravity_scale=2.0), got {item!r}.")
+    return out
+
+
+def parse_env_kwargs(items: list[str]) -> dict:
+    """``["domain_id=5", "transport=dds"]`` as keyword arguments, each value read as a YAML scalar."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--env-kwargs entries must look like name=value (e.g. domain_id=5), got {item!r}.")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, (dict, list)) or (parsed is None and value.strip() not in ("", "null", "~")):
+            raise ValueError(f"--env-kwargs value of {name.strip()!r} must be a single YAML scalar (number, string, "
+                             f"true/false), got {value!r}.")
+        out[name.strip()] = parsed
     return out

@@ -22,11 +22,15 @@ def discounted_returns(reward: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 10_000) -> dict:
+def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 10_000, env=None,
+                              env_kwargs: dict | None = None) -> dict:
     """The deterministic policy's return, normalized score and success (as ``agent eval``)
     plus Q calibration: mean ensemble Q(s, a) over the visited (s, a) against their
-    discounted Monte-Carlo return."""
-    env = make_env(env_id)
+    discounted Monte-Carlo return. ``env``: an env to reuse (a robot env, the one arm),
+    left open; otherwise one is made from ``env_id`` and ``env_kwargs`` and closed."""
+    own_env = env is None
+    if env is None:
+        env = make_env(env_id, **(env_kwargs or {}))
     obs_seen: list[np.ndarray] = []
     actions: list[np.ndarray] = []
     rewards: list[list[float]] = []
@@ -47,7 +51,8 @@ def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 1
             results.append(rollout(env, policy, seed + i, on_step=on_step))
         result = summarize(env_id, results, getattr(env.unwrapped, "defines_success", False))
     finally:
-        env.close()
+        if own_env:
+            env.close()
     critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
     if critic is not None and obs_seen:
         mc = np.concatenate([discounted_returns(np.asarray(r), gamma) for r in rewards])

@@ -28,13 +28,14 @@ from agent.checkpoint import check_shapes, load_checkpoint, restore_rng, rng_sta
 from agent.collect import config_hash
 from agent.config import from_dict, save_yaml, to_dict
 from agent.envs import make_env, reference_returns
-from agent.finetune.config import FinetuneConfig, loop_setting, parse_gap
+from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
 from agent.learners import LEARNERS, make_learner
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
 from agent.store import EpisodeAttrs, Store, load_transitions
+from agent.perf import tune_cpu_allocator
 
 
 @dataclass
@@ -78,8 +79,14 @@ def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: Met
 
 def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, *, source: BatchSource,
         rng: np.random.Generator, state: LoopState, eval_env_id: str, heldout: dict | None = None,
-        fit_normalizer_on_warmup: bool = False, progress: bool = True) -> dict:
-    """Fine-tune ``learner`` online from ``state.env_steps`` to ``cfg.steps``; returns the last metrics."""
+        fit_normalizer_on_warmup: bool = False, progress: bool = True, eval_env_kwargs: dict | None = None) -> dict:
+    """Fine-tune ``learner`` online from ``state.env_steps`` to ``cfg.steps``; returns the last metrics.
+
+    An env with ``single_instance`` (a robot: there is one arm) is also the evaluation env;
+    its evaluations wait for the end of the running episode. An env whose step ``info``
+    holds ``executed_action`` (a robot: after the safety layer or an operator's takeover)
+    has that action stored, and its ``step_record`` values go to the store's per-step
+    ``sim_state/<name>`` arrays."""
     warmup, utd = loop_setting(cfg, "warmup_steps"), loop_setting(cfg, "utd")
     warmup_policy = loop_setting(cfg, "warmup_policy")
     act_low, act_high = env.action_space.low, env.action_space.high
@@ -89,10 +96,13 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
     metrics: dict[str, float] = {}
     last_update: dict = {}
     update_time, update_calls = 0.0, 0
+    shared = bool(getattr(env.unwrapped, "single_instance", False))
+    eval_due = -1  # shared env: the step of an evaluation waiting for the episode to end
 
     def evaluate(step: int) -> None:
         nonlocal metrics
-        result = evaluate_with_diagnostics(eval_env_id, learner, cfg.eval_episodes)
+        result = evaluate_with_diagnostics(eval_env_id, learner, cfg.eval_episodes, env=env if shared else None,
+                                           env_kwargs=eval_env_kwargs)
         if heldout is not None:
             result["heldout_td_error"] = heldout_td_error(learner, heldout)
         logger.log(step, {k: v for k, v in result.items() if isinstance(v, float)}, prefix="eval/")
@@ -110,13 +120,23 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
             action = rng.uniform(act_low, act_high).astype(np.float32)
         else:
             action = np.asarray(learner.act(obs, deterministic=False), np.float32)
+        pre_step = info.get("sim_state", {})
         for k in sim_keys:
-            steps[k].append(np.asarray(info["sim_state"][k], np.float64).ravel())
+            if k in pre_step:
+                steps[k].append(np.asarray(pre_step[k], np.float64).ravel())
         next_obs, reward, terminated, truncated, info = env.step(action)
+        for k, v in info.get("step_record", {}).items():
+            if k in steps:
+                steps[k].append(np.asarray(v, np.float64).ravel())
+        if "executed_action" in info:
+            action = np.asarray(info["executed_action"], np.float32)
         for k, v in (("obs", obs), ("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
             steps[k].append(v)
         obs = next_obs
         state.env_steps += 1
+        eval_step = cfg.eval_episodes > 0 and (state.env_steps % cfg.eval_every == 0 or state.env_steps == cfg.steps)
+        if shared and eval_step:
+            eval_due = state.env_steps
         if terminated or truncated:
             ep = {"obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
                   "reward": np.asarray(steps["reward"], np.float32), "terminated": np.asarray(steps["terminated"], bool),
@@ -130,6 +150,9 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
             logger.log(state.env_steps, {"return": float(ep["reward"].sum()), "success": float(ep["success"])},
                        prefix="train_episode/")
             episode += 1
+            if eval_due >= 0:  # before the next reset: evaluation takes the one arm between episodes
+                evaluate(eval_due)
+                eval_due = -1
             obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
             steps = {k: [] for k in steps}
         if state.env_steps > warmup and source.ready():
@@ -150,13 +173,15 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
             logger.log(state.env_steps, metrics, prefix="train/")
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("q_mean", "alpha") if k in metrics})
             update_time, update_calls = 0.0, 0
-        if cfg.eval_episodes > 0 and (state.env_steps % cfg.eval_every == 0 or state.env_steps == cfg.steps):
+        if eval_step and not shared:
             evaluate(state.env_steps)
         if not steps["obs"] and state.env_steps >= next_checkpoint:  # an episode just ended: the buffer is whole
             _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
             next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         bar.update(1)
     bar.close()
+    if eval_due >= 0:
+        evaluate(eval_due)
     # the unfinished episode is dropped: a resumed run redoes it from its reset seed
     _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
     return metrics
@@ -191,7 +216,7 @@ def open_online_store(path: Path, env_id: str, env, gap: dict) -> Store:
             raise ValueError(f"online store {str(path)!r} holds {store.env_id} episodes, not {env_id}; choose another --online-store.")
         return store
     _, info = env.reset(seed=0)
-    sim_state = info.get("sim_state")
+    sim_state = {**(info.get("sim_state") or {}), **info.get("step_record", {})}
     return Store.create(path, env_id=env_id, observation_space=env.observation_space, action_space=env.action_space,
                         control_rate=getattr(env.unwrapped, "control_rate", None), env_kwargs=gap or None,
                         reference_returns=reference_returns(env_id),
@@ -201,6 +226,7 @@ def open_online_store(path: Path, env_id: str, env, gap: dict) -> Store:
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
     """Build env, learner, data and store from ``cfg``, restore a checkpoint when
     resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
+    tune_cpu_allocator()
     if not cfg.out:
         raise ValueError("finetune needs --out (the run directory).")
     run_dir = Path(cfg.out)
@@ -214,7 +240,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
 
     device = resolve_device(cfg.device)
     gap = parse_gap(cfg.sim_gap)
-    env = make_env(env_id, **gap)
+    env_kwargs = parse_env_kwargs(cfg.env_kwargs)
+    env = make_env(env_id, **env_kwargs, **gap)
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     if init_ckpt is not None:
         check_shapes(init_ckpt, obs_dim, act_dim, env_id, repr(cfg.init))
@@ -245,7 +272,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
         raise ValueError("--offline-steps needs offline data: pass --data STORE.")
 
     state = LoopState(run_id=f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
-    store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id, env, gap)
+    store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id, env,
+                              {**env_kwargs, **gap})
     if resume:
         ckpt = load_checkpoint(run_dir)
         if ckpt.get("algo") != cfg.algo:
@@ -266,6 +294,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
             learner.start_online()
         summary.update(run(cfg, learner, env, store, logger, source=source, rng=rng, state=state, eval_env_id=env_id,
                            heldout=heldout, fit_normalizer_on_warmup=init_ckpt is None and offline is None,
+                           eval_env_kwargs=env_kwargs,
                            progress=progress))
     finally:
         logger.close()

@@ -1,0 +1,99 @@
+"""Fine-tune a policy on an arm over ROS 2: ``ros2 launch agent finetune.launch.py``.
+
+Starts ``finetune_node`` (``agent finetune --env robot/Arm<Task>-v0 ...``) and, with
+``use_sim:=true``, ``sim_driver`` (the MuJoCo arm behind ros2_control's topics). Node
+parameters come from ``params_file`` (default: share/agent/config/finetune.yaml);
+any argument given on the command line overrides the file for every node it concerns,
+e.g.::
+
+    ros2 launch agent finetune.launch.py use_sim:=true init:=runs/calql-reach steps:=5000
+    ros2 launch agent finetune.launch.py params_file:=my_robot.yaml domain_id:=7
+
+When finetune_node exits, the whole launch shuts down.
+"""
+from __future__ import annotations
+
+import os
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "agent"
+FINETUNE_EXECUTABLE = "finetune_node"
+SIM_EXECUTABLE = "sim_driver"
+
+# Launch arguments; an empty value means "as in params_file".
+ARGUMENTS = {
+    "use_sim": "true: also start the simulated arm driver (sim_driver)",
+    "params_file": "ROS 2 parameter file of finetune_node and sim_driver",
+    "algo": "fine-tuning algorithm: wsrl, ro2o, h2o, calql, rlpd or sac",
+    "init": "pretrained run directory or checkpoint",
+    "steps": "online environment steps",
+    "out": "run directory",
+    "task": "reach, push or pick_place (env robot/Arm<Task>-v0; the simulated scene)",
+    "control_rate": "control rate in Hz (robot env and simulated driver)",
+    "domain_id": "ROS 2 domain id of both nodes (default: ROS_DOMAIN_ID, else 0)",
+    "joint_states_topic": "sensor_msgs/JointState from the arm",
+    "command_topic": "std_msgs/Float64MultiArray position commands to the arm",
+    "trajectory_topic": "trajectory_msgs/JointTrajectory for resets",
+    "object_pose_topic": "geometry_msgs/PoseStamped of the task object",
+    "estop_topic": "std_msgs/Bool e-stop (latched)",
+    "intervention_topic": "std_msgs/Float64MultiArray operator actions",
+    "status_topic": "agent status for the operator",
+    "stale_timeout": "seconds without a command before the simulated arm holds position",
+}
+
+# which node each argument goes to, under which parameter name
+FINETUNE_PARAMETERS = {
+    "algo": "algo", "init": "init", "steps": "steps", "out": "out", "task": "task", "control_rate": "control_rate",
+    "domain_id": "domain_id", "joint_states_topic": "joint_states_topic", "command_topic": "command_topic",
+    "trajectory_topic": "trajectory_topic", "object_pose_topic": "object_pose_topic", "estop_topic": "estop_topic",
+    "intervention_topic": "intervention_topic", "status_topic": "status_topic",
+}
+SIM_PARAMETERS = {
+    "task": "task", "control_rate": "rate", "domain_id": "domain_id", "joint_states_topic": "joint_states_topic",
+    "command_topic": "command_topic", "trajectory_topic": "trajectory_topic",
+    "object_pose_topic": "object_pose_topic", "stale_timeout": "stale_timeout",
+}
+
+
+def _overrides(context, mapping: dict[str, str]) -> dict:
+    values = {}
+    for argument, parameter in mapping.items():
+        text = LaunchConfiguration(argument).perform(context)
+        if text != "":
+            values[parameter] = yaml.safe_load(text)
+    return values
+
+
+def _nodes(context):
+    params_file = LaunchConfiguration("params_file").perform(context)
+    domain_id = LaunchConfiguration("domain_id").perform(context)
+    env = {"ROS_DOMAIN_ID": domain_id} if domain_id else {}
+    nodes = [
+        Node(package=PACKAGE, executable=FINETUNE_EXECUTABLE, name=FINETUNE_EXECUTABLE, output="screen",
+             parameters=[params_file, _overrides(context, FINETUNE_PARAMETERS)], additional_env=env,
+             on_exit=Shutdown(reason="fine-tuning finished")),
+    ]
+    if LaunchConfiguration("use_sim").perform(context).strip().lower() in ("true", "1", "yes"):
+        nodes.append(
+            Node(package=PACKAGE, executable=SIM_EXECUTABLE, name=SIM_EXECUTABLE, output="screen",
+                 parameters=[params_file, _overrides(context, SIM_PARAMETERS)], additional_env=env))
+    return nodes
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "finetune.yaml")
+    with open(default_params) as f:
+        defaults = yaml.safe_load(f)["finetune_node"]["ros__parameters"]
+    declared = []
+    for name, description in ARGUMENTS.items():
+        default = {"use_sim": "false", "params_file": default_params}.get(name, "")
+        if name in defaults:
+            description += f" (default in params_file: {defaults[name]!r})"
+        declared.append(DeclareLaunchArgument(name, default_value=default, description=description))
+    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])
