@@ -114,3 +114,20 @@ def test_killing_the_driver_stops_finetune_with_one_sentence(domain, tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("agent finetune: error: no joint states arrived on /joint_states "
                            f"(ROS domain {domain}, dds transport) for 1.3 s")
+
+
+def test_actor_learner_split_over_the_bridge(domain, tmp_path):
+    """The actor process drives the arm over DDS at the env's own rate while the learner
+    process trains; weights reach the actor and the transitions land in the store."""
+    driver = DriverProcess(domain, "--rate", "50", log_path=tmp_path / "driver.log").start()
+    try:
+        run = subprocess.run(finetune_cmd(domain, tmp_path / "run") + ["--actor-learner", "--control-rate", "0"],
+                             env=ENV, capture_output=True, text=True, timeout=150)
+    finally:
+        driver.stop(signal.SIGINT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    assert summary["env_steps"] == 300 and summary["weight_version_pushed"] >= 1
+    store = Store.open(tmp_path / "run" / "online.zarr")
+    assert store.env_id == "robot/ArmReach-v0" and store.num_steps == 300
+    assert "Traceback" not in (tmp_path / "driver.log").read_text()
