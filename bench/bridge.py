@@ -16,10 +16,13 @@ Rows (bench/results/bridge.json; --quick writes bridge.quick.json):
   driver's loop or the agent's (an observation more than one period late), while the
   agent acts with a SAC actor and a third process runs SAC updates back to back
   (batch 256, 256x256 networks, one thread). Target < 1 %.
-* ``finetune_parity_bridge_vs_sim`` -- SAC from scratch on ArmReach through the bridge
-  (sim driver, DDS, 20 Hz real time) and in pure simulation, same seeds and budget;
-  value: Welch's t of the final evaluation returns (|difference of means| over its
-  standard error). Target < 2 (the difference is within seed noise). Each run is cached
+* ``finetune_bridge_improves`` / ``finetune_parity_bridge_vs_sim`` -- RLPD fine-tuning
+  on ArmReach with the arm-reach medium data (100 episodes of
+  datasets/arm-reach-medium.yaml, 50/50 batches) through the bridge (sim driver, DDS,
+  20 Hz real time) and in pure simulation, same seeds and budget (CPU sizes in FULL):
+  the bridge run's final minus initial evaluation return (target > 0), and Welch's t of
+  the final evaluation returns of the two sides (|difference of means| over its
+  standard error; target < 2, the difference is within seed noise). Each run is cached
   under bench/results/_work/bridge[.quick]/ as it finishes, so a killed bench resumes.
 """
 from __future__ import annotations
@@ -43,10 +46,10 @@ sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must n
 from common import WORK, cached, iqm_ci, print_rows, row, write_results  # noqa: E402
 
 ROWS = ("latency", "ticks", "parity")
-FULL = {"latency_steps": 1200, "ticks_steps": 1200, "seeds": 5, "steps": 4000, "warmup": 1000, "eval_episodes": 10,
-        "hidden": [256, 256], "batch": 256}
+FULL = {"latency_steps": 1200, "ticks_steps": 1200, "seeds": 5, "steps": 4000, "warmup": 500, "eval_episodes": 10,
+        "hidden": [128, 128], "batch": 128, "utd": 2, "data_episodes": 100}
 QUICK = {"latency_steps": 200, "ticks_steps": 300, "seeds": 2, "steps": 300, "warmup": 100, "eval_episodes": 2,
-         "hidden": [64, 64], "batch": 64}
+         "hidden": [64, 64], "batch": 64, "utd": 1, "data_episodes": 10}
 OBS_DIM, ACT_DIM = 28, 7  # ArmReach
 
 
@@ -148,17 +151,30 @@ def ticks_row(s: dict, tmp: Path) -> dict:
                f"command latency under load p50 {np.percentile(lat, 50):.2f} / p99 {np.percentile(lat, 99):.2f} ms")
 
 
+def medium_data(work: Path, episodes: int) -> Path:
+    """The offline half of RLPD's batches: arm-reach medium data collected once."""
+    from agent.collect import CollectConfig, collect
+    from agent.config import from_dict, load_yaml
+
+    path = work / f"arm-reach-medium-{episodes}.zarr"
+    if not (path / "zarr.json").exists():
+        collect(from_dict(CollectConfig, {**load_yaml(ROOT / "datasets" / "arm-reach-medium.yaml"), "episodes": episodes,
+                                          "out": str(path)}), progress=False)
+    return path
+
+
 def parity_run(side: str, seed: int, s: dict, work: Path) -> dict:
-    """One SAC run from scratch on ArmReach: ``side`` 'bridge' (sim driver over DDS) or 'sim'."""
+    """One RLPD run on ArmReach: ``side`` 'bridge' (sim driver over DDS) or 'sim'."""
     from agent.finetune import FinetuneConfig, finetune
     from agent.finetune.report import read_metrics
     from robot.driver import DriverProcess
 
-    out = work / f"{side}-seed{seed}"
-    cfg = FinetuneConfig(algo="sac", env="sims/ArmReach-v0", out=str(out), steps=s["steps"], warmup_steps=s["warmup"],
-                         batch_size=s["batch"], eval_every=s["steps"], eval_episodes=s["eval_episodes"],
-                         checkpoint_every=s["steps"], log_every=max(1, s["steps"] // 10), seed=seed)
-    cfg.sac.hidden_dims = list(s["hidden"])
+    out = work / f"rlpd-{side}-seed{seed}"
+    cfg = FinetuneConfig(algo="rlpd", env="sims/ArmReach-v0", out=str(out), steps=s["steps"], warmup_steps=s["warmup"],
+                         batch_size=s["batch"], eval_every=s["steps"], eval_episodes=s["eval_episodes"], utd=s["utd"],
+                         checkpoint_every=s["steps"], log_every=max(1, s["steps"] // 10), seed=seed,
+                         data=str(medium_data(work, s["data_episodes"])))
+    cfg.rlpd.hidden_dims = list(s["hidden"])
     driver = None
     if side == "bridge":
         domain = random.randint(100, 232)
@@ -183,7 +199,7 @@ def parity_rows(s: dict, work: Path, bench: str) -> list[dict]:
     gains: dict[str, list[float]] = {"bridge": [], "sim": []}
     for seed in range(s["seeds"]):
         for side in ("sim", "bridge"):  # interleaved, so that a partial run still compares like with like
-            key = f"{side}-seed{seed}-steps{s['steps']}"
+            key = f"rlpd-{side}-seed{seed}-steps{s['steps']}"
             res = cached(bench, key, lambda side=side, seed=seed: parity_run(side, seed, s, work))
             results[side].append(res["return"])
             gains[side].append(res["return"] - res["start_return"])
@@ -196,7 +212,8 @@ def parity_rows(s: dict, work: Path, bench: str) -> list[dict]:
                    f"final minus initial evaluation return through the bridge, IQM [{gl:.2f}, {gh:.2f}] over {s['seeds']} "
                    f"seeds (pure simulation: {si:.2f}); parity alone would also hold if neither side learned")
     return [improves, row("finetune_parity_bridge_vs_sim", round(float(t), 3), "welch_t", "< 2",
-               f"SAC from scratch on ArmReach, {s['seeds']} seeds x {s['steps']} steps (warm-up {s['warmup']}), final eval "
+               f"RLPD with arm-reach medium data on ArmReach, {s['seeds']} seeds x {s['steps']} steps (warm-up {s['warmup']}, "
+               f"UTD {s['utd']}, {s['hidden']} nets, batch {s['batch']}), final eval "
                f"return over {s['eval_episodes']} episodes: bridge IQM {bi:.2f} [{bl:.2f}, {bh:.2f}], sim IQM {mi:.2f} "
                f"[{ml:.2f}, {mh:.2f}] (95% bootstrap CI); per seed bridge {np.round(b, 2).tolist()}, sim {np.round(m, 2).tolist()}")]
 
