@@ -217,3 +217,32 @@ def test_agent_augment_writes_lineage_and_counts(tmp_path, capsys):
     # readable errors for users
     assert main(["augment", "--data", str(src), "--out", str(tmp_path / "x"), "--augment", "spin"]) == 2
     assert "unknown augmentation" in capsys.readouterr().err
+
+
+def test_bench_batches_keep_each_transition_whole():
+    """bench/augment.py's learning batches take obs, action, reward and next_obs of one
+    transition together (drawn per key, they paired states with other states' actions and
+    every learner learned the mean action), and cap the augmented share."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_augment", Path(__file__).resolve().parents[1] / "bench" / "augment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def table(n: int, first: int) -> dict[str, np.ndarray]:
+        ids = np.arange(first, first + n, dtype=np.float32)
+        return {"obs": np.stack([ids, -ids], 1), "action": 2 * ids[:, None], "reward": 3 * ids, "next_obs": np.stack([ids + 0.5, -ids], 1),
+                "terminated": ids % 7 == 0, "truncated": np.zeros(n, bool)}
+
+    raw, augmented = table(50, 0), table(400, 1000)
+    rng = np.random.default_rng(0)
+    for data in ((raw, None), (raw, augmented)):
+        batch = {k: v.numpy() for k, v in bench.sample(data, 256, rng).items()}
+        ids = batch["obs"][:, 0]
+        np.testing.assert_array_equal(batch["obs"][:, 1], -ids)
+        np.testing.assert_array_equal(batch["action"][:, 0], 2 * ids)
+        np.testing.assert_array_equal(batch["reward"], 3 * ids)
+        np.testing.assert_array_equal(batch["next_obs"][:, 0], ids + 0.5)
+        np.testing.assert_array_equal(batch["terminated"], ids % 7 == 0)
+    assert np.mean(ids >= 1000) == bench.AUGMENTED_SHARE
