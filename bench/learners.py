@@ -209,7 +209,7 @@ def _learning_job(job: tuple) -> None:
     cached("learners", f"{algo}-s{steps}-seed{seed}", lambda: learning_seed(store, work, algo, seed, steps))
 
 
-def learning_rows(seeds: int, steps: int, workers: int = 1) -> list[dict]:
+def learning_rows(seeds: int, steps: int, workers: int = 1, only: list[str] | None = None) -> list[dict]:
     import multiprocessing
 
     from common import WORK, cached, iqm_ci
@@ -217,13 +217,14 @@ def learning_rows(seeds: int, steps: int, workers: int = 1) -> list[dict]:
     work = WORK / "learners"
     work.mkdir(parents=True, exist_ok=True)
     store = medium_store(work)
-    todo = [(store, work, algo, s, steps) for algo in LEARNING for s in range(seeds)
+    algos = [a for a in LEARNING if a in (only or LEARNING)]
+    todo = [(store, work, algo, s, steps) for algo in algos for s in range(seeds)
             if not (WORK / "learners" / f"{algo}-s{steps}-seed{s}.json").exists()]
     if workers > 1 and todo:  # each finished run is cached as it ends, so a killed bench resumes
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             list(pool.imap_unordered(_learning_job, todo))
     results = {algo: [cached("learners", f"{algo}-s{steps}-seed{s}", lambda a=algo, s=s: learning_seed(store, work, a, s, steps))
-                      for s in range(seeds)] for algo in LEARNING}
+                      for s in range(seeds)] for algo in algos}
     plot_learning(results, ROOT / "bench" / "results" / "learners_medium.png")
     iqm, text = {}, {}
     for algo, runs in results.items():
@@ -233,7 +234,7 @@ def learning_rows(seeds: int, steps: int, workers: int = 1) -> list[dict]:
                       f"{statistics.mean(r['seconds'] for r in runs):.0f} s/run, settings {LEARNING[algo]}")
     return [row(f"{algo}_beats_bc_on_medium", round(iqm[algo] - iqm["bc"], 2), "points", "> 0",
                 f"normalized-score IQM difference over {seeds} seeds, {steps} updates, batch 256, on {ENV} medium data; "
-                f"{text[algo]}; {text['bc']}") for algo in ("iql", "calql")]
+                f"{text[algo]}; {text['bc']}") for algo in ("iql", "calql") if algo in results]
 
 
 PEER_SETTINGS = {"iql": ("iql", {"expectile": 0.9, "beta": 3.0, "hidden_dims": [256, 256]}),
@@ -373,6 +374,7 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true", help="leave out the speed-ratio rows")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--algos", default="", help="learning rows for these algorithms only (comma-separated: iql, calql; BC always runs)")
     p.add_argument("--workers", type=int, default=1, help="learning runs in parallel processes (one torch thread each)")
     p.add_argument("--peer-python", help="python of an environment with d3rlpy: adds the updates/s comparison rows")
     p.add_argument("--peer-steps", type=int, default=500, help="updates per timed peer run")
@@ -387,7 +389,8 @@ def main() -> None:
     if args.peer_python and not args.skip_peer_speed:
         rows += peer_rows(args.peer_python, 100 if args.quick else args.peer_steps, 3)
     if not args.skip_learning:
-        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps, args.workers)
+        rows += learning_rows(1 if args.quick else args.seeds, 2_000 if args.quick else args.steps, args.workers,
+                             ["bc", *args.algos.split(",")] if args.algos else None)
     if args.peer_python and not args.skip_peer_score:
         rows += peer_score_rows(args.peer_python, 1 if args.quick else args.seeds, 2_000 if args.quick else args.steps)
     print_rows(rows)
