@@ -83,6 +83,7 @@ def pretrain_job(job: dict) -> dict:
     section.hidden_dims = s["hidden"]
     if job["algo"] == "calql":
         section.num_critics, section.layer_norm, section.num_sampled_actions = 10, True, s["sampled_actions"]
+        section.alpha_lr = 3e-3  # the temperature must fall from 1.0 within thousands of updates (bench/learners.py)
     resume = (out / "checkpoints" / "latest.pt").exists()
     return pretrain(cfg, resume=resume, progress=False)
 

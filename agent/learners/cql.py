@@ -42,7 +42,7 @@ class CQLConfig:
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
     actor_lr: float = option(1e-4, "actor learning rate")
     critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(1e-4, "temperature (and Lagrange multiplier) learning rate")
+    alpha_lr: float = option(1e-4, "temperature learning rate (the Lagrange multiplier uses critic_lr, as in the reference code)")
     gamma: float = option(0.99, "discount")
     tau: float = option(5e-3, "target update rate")
 
