@@ -28,6 +28,11 @@ the cube and goal. A JSON status goes to ``/agent/status`` after every step and 
 
 There is one arm: ``single_instance`` tells the fine-tuning loop to evaluate on this
 env instead of making a second one that would fight it for the arm.
+
+Recording (``record_dir=RUN``): every episode's joint states, object poses and the
+commands actually sent go to an MCAP rosbag ``RUN/recordings/episode_NNNNNN/``
+(:mod:`robot.record`; ``record_typestore`` humble or jazzy), next to the run's store;
+``ros2 bag`` and Foxglove open it. From the CLI: ``--env-kwargs record_dir=runs/x``.
 """
 from __future__ import annotations
 
@@ -66,7 +71,8 @@ class RobotArmEnv(gymnasium.Env):
                  estop_topic: str = "/agent/estop", intervention_topic: str = "/agent/intervention",
                  status_topic: str = "/agent/status", state_timeout: float = 0.5, connect_timeout: float = 10.0,
                  pause_timeout: float = 30.0, intervention_timeout: float = 0.25, workspace: list | str | None = None,
-                 reset_speed: float = 0.5, reset_tolerance: float = 0.02):
+                 reset_speed: float = 0.5, reset_tolerance: float = 0.02, record_dir: str = "",
+                 record_typestore: str = "humble"):
         self.task = make_task(task)
         self.env_id = "robot/" + self.task.env_id.split("/", 1)[1]
         if reward not in ("dense", "sparse"):
@@ -127,6 +133,11 @@ class RobotArmEnv(gymnasium.Env):
         self._last_stamp_ns = -1
         self.missed_ticks = 0
         self.status: dict = {"state": "created", "message": ""}
+        # recording: one MCAP bag per episode under <record_dir>/recordings/ (ROS2.md, Recording)
+        self.record_dir, self.record_typestore = str(record_dir or ""), record_typestore
+        if self.record_dir and record_typestore not in ("humble", "jazzy"):
+            raise ValueError(f"record_typestore must be 'humble' or 'jazzy' for {self.env_id}, found {record_typestore!r}.")
+        self._recorder = None
 
     # -- connection --------------------------------------------------------------------
     def _where(self, topic: str) -> str:
@@ -178,6 +189,7 @@ class RobotArmEnv(gymnasium.Env):
         if self._pose_sub is not None:
             pose = self._pose_sub.latest()
             if pose is not None and pose[1] != self._pose_ns:
+                self._record("object_pose", pose[0])
                 p, o = pose[0].pose.position, pose[0].pose.orientation
                 self.physics.set_object_pose(np.array([p.x, p.y, p.z]), np.array([o.w, o.x, o.y, o.z]))
                 self._pose_ns = pose[1]
@@ -192,6 +204,7 @@ class RobotArmEnv(gymnasium.Env):
             raise ValueError(f"joint states on {self._where('joint_states')} need one position and one velocity per name; "
                              f"found {len(msg.name)} names, {msg.position.size} positions, {msg.velocity.size} velocities.")
         pos, vel = msg.position[index], msg.velocity[index]
+        self._record("joint_states", msg)
         self.physics.set_joint_state(pos[:6], vel[:6], float(pos[6] + pos[7]))
         self._measured = pos[:7].copy()
         self._state_ns = arrived_ns
@@ -271,6 +284,7 @@ class RobotArmEnv(gymnasium.Env):
         self._wait_estop_released()
         self._episode += 1
         self._steps = 0
+        self._start_recording()
         self._set_status("resetting", f"moving to the start pose of episode {self._episode} (seed {episode_seed})")
         start = episode_start(self.task, self.physics, episode_seed, self.kin.lower, self.kin.upper)
         self._move_to(start)
@@ -342,7 +356,9 @@ class RobotArmEnv(gymnasium.Env):
                 self._pause_until_state(f"no joint state on {self._where('joint_states')} for {self.state_timeout:g} s")
         else:
             sent = time.monotonic_ns()
-            self._command_pub.publish(command_message(command))
+            command_msg = command_message(command)
+            self._command_pub.publish(command_msg)
+            self._record("command", command_msg)
             executed = target_to_action(command, self._obs_joints, self.max_step)
             interval = float(np.median(self._publish_intervals)) if self._publish_intervals else self.control_dt
             gap = self.control_dt - 0.5 * min(interval, self.control_dt)
@@ -372,7 +388,32 @@ class RobotArmEnv(gymnasium.Env):
                 "period_p99_s": float(np.percentile(p, 99)) if p.size else None,
                 "jitter_std_s": float(p.std()) if p.size else None}
 
+    # -- recording ---------------------------------------------------------------------
+    def _start_recording(self) -> None:
+        """Close the last episode's bag and open this episode's (never overwriting one)."""
+        self._stop_recording()
+        if not self.record_dir:
+            return
+        from robot.record import Recorder, recording_path
+
+        path = recording_path(self.record_dir, self._episode)
+        suffix = 0
+        while path.exists():  # a resumed run counts its episodes from 0 again
+            suffix += 1
+            path = path.with_name(f"{recording_path(self.record_dir, self._episode).name}_{suffix}")
+        self._recorder = Recorder(path, typestore=self.record_typestore)
+
+    def _record(self, topic: str, msg) -> None:
+        if self._recorder is not None:
+            self._recorder.write(self.topics[topic], msg, time.time_ns())
+
+    def _stop_recording(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = None
+
     def close(self):
+        self._stop_recording()
         if self._transport is not None and not self._transport.closed:
             self._set_status("closed", "the env was closed")
             self._transport.close()

@@ -36,7 +36,7 @@ def test_the_spaces_and_observation_layout_are_those_of_sims(task):
 
 def test_push_through_the_bridge_sees_what_sims_sees(domain, tmp_path):
     with DriverProcess(domain, task="push", log_path=tmp_path / "driver.log"):
-        env = gymnasium.make("robot/ArmPush-v0", transport="dds", domain_id=domain)
+        env = gymnasium.make("robot/ArmPush-v0", transport="dds", domain_id=domain, record_dir=str(tmp_path / "run"))
         sim = sims.make("sims/ArmPush-v0")
         try:
             obs, info = env.reset(seed=7)
@@ -63,6 +63,20 @@ def test_push_through_the_bridge_sees_what_sims_sees(domain, tmp_path):
             assert info["safety"]["checked"] == 30 and info["intervened"] is False
         finally:
             env.close()
+    # the episode was recorded to an MCAP bag next to the run, readable by rosbags
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    from robot.record import recording_path
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    with Reader(recording_path(tmp_path / "run", 0)) as bag:
+        counts = {c.topic: c.msgcount for c in bag.connections}
+        commands = [store.deserialize_cdr(raw, c.msgtype) for c, _, raw in bag.messages()
+                    if c.topic == "/forward_position_controller/commands"]
+    assert counts["/forward_position_controller/commands"] == 30 and counts["/joint_states"] >= 30
+    assert counts["/object_pose"] >= 1
+    assert all(len(m.data) == 7 and np.all(np.isfinite(m.data)) for m in commands)
 
 
 def test_the_env_keeps_its_rate_when_the_arm_publishes_faster(domain, tmp_path):
