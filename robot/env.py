@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import json
 import time
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -137,7 +138,7 @@ class RobotArmEnv(gymnasium.Env):
         self.record_dir, self.record_typestore = str(record_dir or ""), record_typestore
         if self.record_dir and record_typestore not in ("humble", "jazzy"):
             raise ValueError(f"record_typestore must be 'humble' or 'jazzy' for {self.env_id}, found {record_typestore!r}.")
-        self._recorder = None
+        self._recorder: Any = None  # a robot.record.Recorder while an episode is recorded
 
     # -- connection --------------------------------------------------------------------
     def _where(self, topic: str) -> str:
