@@ -33,7 +33,9 @@ OFFLINE_RL = {"algo": "iql", "iql": {"expectile": 0.9, "beta": 3.0}}
 # updates, not the papers' million, or the entropy bonus keeps the actor near uniform.
 CALQL = {"algo": "calql", "calql": {"hidden_dims": [128, 128], "num_critics": 10, "layer_norm": True, "num_sampled_actions": 4,
                                     "alpha_lr": 3e-3}}
-WSRL = {"warmup_steps": 1_000, "utd": 2, "batch_size": 256}
+CALQL_STEPS = 2_000
+WSRL = {"warmup_steps": 1_000, "utd": 1, "batch_size": 256}
+WSRL_STEPS = 3_000
 
 
 def _recipe(tier: str) -> dict:
@@ -82,7 +84,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                      "dataset_score": normalized_score(DEFAULT_ENV, dataset_return),
                      **{f"{name}_score": r["normalized_score"] for name, r in scores.items()},
                      **{f"{name}_success": r["success_rate"] for name, r in scores.items()}})
-    finetune = _finetune_stage(out, out / "medium.zarr", steps, 300 if quick else 5_000, eval_episodes)
+    finetune = _finetune_stage(out, out / "medium.zarr", steps if quick else CALQL_STEPS, 300 if quick else WSRL_STEPS,
+                               eval_episodes)
     table = {"env_id": DEFAULT_ENV, "random_policy_score": random_eval["normalized_score"], "rows": rows,
              "finetune": finetune, "updates": steps, "seconds": round(time.time() - started, 1), "quick": quick}
     (out / "results.json").write_text(json.dumps(table, indent=2))
