@@ -100,7 +100,7 @@ def test_calql_baseline_draws_half_of_each_batch_offline(pretrained, tmp_path):
 
 
 class Kill(Exception):
-    pass
+    """Raised from inside the loop to stop a run the way a crash would."""
 
 
 def test_killed_and_resumed_run_continues_from_the_same_step_with_the_buffer_intact(pretrained, tmp_path):

@@ -43,6 +43,7 @@ state and the next training episode's index; the actor restarts there.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -507,10 +508,8 @@ class _ActorProcess:
         return self._popen.poll() is None
 
     def join(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # like Process.join: returns, alive or not
             self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
 
     def terminate(self) -> None:
         self._popen.terminate()
@@ -904,10 +903,8 @@ def _wait_for_hello(proc, data_recv) -> EnvDescription:
 def _stop_actor(proc, control_send) -> None:
     """Ask the actor to stop (a no-op when it already has), then make sure it has."""
     if proc.is_alive():
-        try:
+        with contextlib.suppress(OSError, ValueError):  # its end is closed: it is exiting
             control_send.send(("stop", "the learner stopped"))
-        except (OSError, ValueError):
-            pass  # its end is closed: it is exiting
         proc.join(10)
     if proc.is_alive():
         proc.terminate()
