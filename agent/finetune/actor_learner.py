@@ -55,7 +55,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from array import array
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
@@ -66,17 +65,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.checkpoint import check_shapes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from agent.checkpoint import rng_state, save_checkpoint
 from agent.collect import config_hash
 from agent.config import save_yaml, to_dict
 from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
-from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
+from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import discounted_returns, heldout_td_error
-from agent.finetune.loop import LoopState, _build_learner, _pretrained_data, _to_tensors, offline_phase, open_online_store
+from agent.finetune.loop import LoopState, _to_tensors, build_run, offline_phase, resolve_run
 from agent.logger import MetricsLogger
 from agent.nets import act
-from agent.seeding import seed_everything
-from agent.store import EpisodeAttrs, Store, load_transitions
+from agent.store import EpisodeAttrs, Store
 
 OUTBOX_CAPACITY = 10_000  # messages the actor holds for a slow learner (over 8 minutes at 20 Hz)
 FINAL_WEIGHTS_TIMEOUT_S = 120.0  # how long the actor waits for the final weights at the step budget
@@ -758,21 +756,13 @@ class _Learner:
 
 def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
     """:func:`agent.finetune.loop.finetune` with the actor in its own process (``cfg.actor_learner``)."""
-    if not cfg.out:
-        raise ValueError("finetune needs --out (the run directory).")
     if not np.isfinite(cfg.control_rate) or cfg.control_rate < 0:
         raise ValueError(f"--control-rate must be a rate in Hz >= 0 (0: the env sets the pace), found {cfg.control_rate}.")
     if not np.isfinite(cfg.weight_push_seconds) or cfg.weight_push_seconds <= 0:
         raise ValueError(f"--weight-push-seconds must be a positive number of seconds, found {cfg.weight_push_seconds}.")
     if cfg.eval_episodes > 0 and cfg.eval_every <= 0:
         raise ValueError(f"--eval-every must be a positive number of steps when evaluating, found {cfg.eval_every}.")
-    run_dir = Path(cfg.out)
-    if not resume and (run_dir / "checkpoints" / "latest.pt").exists():
-        raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
-    init_ckpt = load_checkpoint(cfg.init) if cfg.init else None
-    env_id = cfg.env or (init_ckpt or {}).get("env_id", "")
-    if not env_id:
-        raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
+    run_dir, init_ckpt, env_id = resolve_run(cfg, resume)
     from agent.pretrain import resolve_device
 
     device = resolve_device(cfg.device)
@@ -793,48 +783,13 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         description = _wait_for_hello(proc, data_recv)
         obs_dim = int(np.prod(description.observation_space.shape))
         act_dim = int(np.prod(description.action_space.shape))
-        if init_ckpt is not None:
-            check_shapes(init_ckpt, obs_dim, act_dim, env_id, repr(cfg.init))
-        rng = seed_everything(cfg.seed)
-        learner = _build_learner(cfg, obs_dim, act_dim, device, init_ckpt)
-
-        data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
-        if cfg.algo == "h2o" and not cfg.real_data and not cfg.data:
-            raise ValueError("H2O needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
-        offline = load_transitions(Store.open(data_path)) if data_path else None
-        train_steps = heldout = None
-        if offline is not None:
-            train_steps, heldout_steps = split_heldout(offline, cfg.heldout_fraction)
-            if heldout_steps.size:
-                pick = np.random.default_rng(12345).choice(heldout_steps, size=min(2048, heldout_steps.size), replace=False)
-                heldout = _to_tensors(offline.gather(np.sort(pick)), learner.device)
-            if init_ckpt is None:
-                obs = offline.obs[train_steps]
-                learner.fit_normalizer(obs.mean(0), obs.var(0))
-        prepare = getattr(learner, "prepare", None)
-        source = BatchSource(OnlineBuffer(obs_dim, act_dim, prepare=prepare), offline, train_steps,
-                             float(loop_setting(cfg, "offline_ratio")), rng,
-                             offline_extras=prepare(offline) if (prepare and offline is not None) else None,
-                             mark_real=cfg.algo == "h2o")
-        if make_source is not None:
-            source = make_source(source)
-        if cfg.offline_steps and offline is None:
-            raise ValueError("--offline-steps needs offline data: pass --data STORE.")
-
-        state = LoopState(run_id=f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
-        store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id,
-                                  description, {**env_kwargs, **gap})
+        parts = build_run(cfg, run_dir, init_ckpt, env_id, obs_dim, act_dim, device, description, {**env_kwargs, **gap},
+                          resume, make_source)
+        learner, rng, source, state, store = parts.learner, parts.rng, parts.source, parts.state, parts.store
+        heldout = parts.heldout
         next_episode = 0
-        if resume:
-            ckpt = load_checkpoint(run_dir)
-            if ckpt.get("algo") != cfg.algo:
-                raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
-            learner.load_state_dict(ckpt["learner"])
-            restore_rng(ckpt["rng"], rng)
-            state = LoopState(**ckpt["loop"])
-            for row in state.episode_rows:
-                source.online.add_episode(store.episode(row))
-            next_episode = int(ckpt.get("actor_learner", {}).get("next_episode", len(state.episode_rows)))
+        if parts.ckpt is not None:
+            next_episode = int(parts.ckpt.get("actor_learner", {}).get("next_episode", len(state.episode_rows)))
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
@@ -844,7 +799,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         if hasattr(learner, "start_online"):
             learner.start_online()
         side = _Learner(cfg, learner, store, logger, source, rng, state, env_id, heldout,
-                        init_ckpt is None and offline is None, description, proc, data_recv, control_send,
+                        parts.from_scratch, description, proc, data_recv, control_send,
                         next_episode, progress)
         policy = pickle.dumps({"actor": copy.deepcopy(learner.actor).cpu(), "normalizer": copy.deepcopy(learner.normalizer).cpu()})
         control_send.send(("start", {"policy": policy, "env_steps": state.env_steps, "episode": next_episode,

@@ -223,10 +223,9 @@ def open_online_store(path: Path, env_id: str, env, gap: dict) -> Store:
                         sim_state_dims={k: int(np.asarray(v).size) for k, v in sim_state.items()} if sim_state else None)
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
-    """Build env, learner, data and store from ``cfg``, restore a checkpoint when
-    resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
-    tune_cpu_allocator()
+def resolve_run(cfg: FinetuneConfig, resume: bool) -> tuple[Path, dict | None, str]:
+    """The run directory, the ``--init`` checkpoint (or None) and the env id, checked
+    before anything is built."""
     if not cfg.out:
         raise ValueError("finetune needs --out (the run directory).")
     run_dir = Path(cfg.out)
@@ -236,18 +235,33 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     env_id = cfg.env or (init_ckpt or {}).get("env_id", "")
     if not env_id:
         raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
-    from agent.pretrain import resolve_device
+    return run_dir, init_ckpt, env_id
 
-    device = resolve_device(cfg.device)
-    gap = parse_gap(cfg.sim_gap)
-    env_kwargs = parse_env_kwargs(cfg.env_kwargs)
-    env = make_env(env_id, **env_kwargs, **gap)
-    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+@dataclass
+class RunParts:
+    """What :func:`build_run` makes for a loop: the learner, its batch source and held-out
+    slice, the online store, the loop counters, and the checkpoint a resumed run came from."""
+
+    learner: object
+    rng: np.random.Generator
+    source: BatchSource
+    heldout: dict | None
+    from_scratch: bool  # no --init and no offline data: the normalizer is fitted on the warm-up
+    state: LoopState
+    store: Store
+    ckpt: dict | None
+
+
+def build_run(cfg: FinetuneConfig, run_dir: Path, init_ckpt: dict | None, env_id: str, obs_dim: int, act_dim: int,
+              device: str, env, store_kwargs: dict, resume: bool, make_source=None) -> RunParts:
+    """Learner, data, online store and (when resuming) the restored checkpoint, the same
+    for the in-process loop and the actor/learner split. ``env`` (or an env description
+    with the same spaces) shapes a new online store."""
     if init_ckpt is not None:
         check_shapes(init_ckpt, obs_dim, act_dim, env_id, repr(cfg.init))
     rng = seed_everything(cfg.seed)
     learner = _build_learner(cfg, obs_dim, act_dim, device, init_ckpt)
-
     data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
     if cfg.algo == "h2o" and not cfg.real_data and not cfg.data:
         raise ValueError("H2O needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
@@ -273,28 +287,51 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
 
     state = LoopState(run_id=f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
     store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id, env,
-                              {**env_kwargs, **gap})
+                              store_kwargs)
+    ckpt = None
     if resume:
         ckpt = load_checkpoint(run_dir)
         if ckpt.get("algo") != cfg.algo:
+            store.close()
             raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
         learner.load_state_dict(ckpt["learner"])
         restore_rng(ckpt["rng"], rng)
         state = LoopState(**ckpt["loop"])
         for row in state.episode_rows:
             source.online.add_episode(store.episode(row))
+    return RunParts(learner, rng, source, heldout, init_ckpt is None and offline is None, state, store, ckpt)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
+    """Build env, learner, data and store from ``cfg``, restore a checkpoint when
+    resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
+    tune_cpu_allocator()
+    run_dir, init_ckpt, env_id = resolve_run(cfg, resume)
+    from agent.pretrain import resolve_device
+
+    device = resolve_device(cfg.device)
+    gap = parse_gap(cfg.sim_gap)
+    env_kwargs = parse_env_kwargs(cfg.env_kwargs)
+    env = make_env(env_id, **env_kwargs, **gap)
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    try:
+        parts = build_run(cfg, run_dir, init_ckpt, env_id, obs_dim, act_dim, device, env, {**env_kwargs, **gap}, resume,
+                          make_source)
+    except BaseException:
+        env.close()
+        raise
+    learner, source, state, store = parts.learner, parts.source, parts.state, parts.store
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
     try:
         summary: dict = {}
         if state.offline_updates < cfg.offline_steps:
-            summary.update(offline_phase(cfg, learner, source, logger, rng, state, env_id, progress))
+            summary.update(offline_phase(cfg, learner, source, logger, parts.rng, state, env_id, progress))
         if hasattr(learner, "start_online"):
             learner.start_online()
-        summary.update(run(cfg, learner, env, store, logger, source=source, rng=rng, state=state, eval_env_id=env_id,
-                           heldout=heldout, fit_normalizer_on_warmup=init_ckpt is None and offline is None,
-                           eval_env_kwargs=env_kwargs,
+        summary.update(run(cfg, learner, env, store, logger, source=source, rng=parts.rng, state=state, eval_env_id=env_id,
+                           heldout=parts.heldout, fit_normalizer_on_warmup=parts.from_scratch, eval_env_kwargs=env_kwargs,
                            progress=progress))
     finally:
         logger.close()
