@@ -48,7 +48,8 @@ class WSRLConfig:
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target (WSRL does not)")
     actor_lr: float = option(1e-4, "actor learning rate")
     critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(1e-4, "temperature learning rate")
+    alpha_lr: float = option(1e-4, "temperature learning rate (the papers'; runs of a few thousand updates need ~3e-3, "
+                                   "or the entropy bonus widens the pretrained policy before the temperature falls)")
     gamma: float = option(0.99, "discount")
     tau: float = option(5e-3, "target update rate")
 
