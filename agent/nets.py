@@ -34,7 +34,84 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, layer_norm: bool = Fa
         layers.append(nn.ReLU(inplace=True))  # the Linear/LayerNorm output is not kept for backward
         last = width
     layers.append(nn.Linear(last, out_dim))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
+
+
+class MLP(nn.Sequential):
+    """The Linear/ReLU stack :func:`mlp` builds (an ``nn.Sequential``: same modules, same
+    checkpoint keys). Without LayerNorm and on a [B, in] input it runs as one autograd
+    node (:class:`_MLPFunction`) with the same kernels, so the results are bit-identical
+    and a small network's update spends less time in per-layer module calls and
+    autograd nodes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.__dict__.get("_linear_params")
+        if params is None:
+            plain = all(isinstance(m, (nn.Linear, nn.ReLU)) for m in self) and isinstance(self[-1], nn.Linear) \
+                and all(isinstance(m, nn.Linear) != isinstance(n, nn.Linear) for m, n in zip(self, list(self)[1:])) \
+                and all(m.inplace for m in self if isinstance(m, nn.ReLU)) \
+                and all(m.bias is not None for m in self if isinstance(m, nn.Linear))
+            params = self.__dict__["_linear_params"] = module_params(self) if plain else []
+        if not params or x.dim() != 2:
+            return super().forward(x)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _MLPFunction.apply(x, *params)
+        return _mlp(x, params)
+
+
+def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    last = len(params) // 2 - 1
+    for i in range(last + 1):
+        x = F.linear(x, params[2 * i], params[2 * i + 1])
+        if i < last:
+            x = x.relu_()
+    return x
+
+
+class _MLPFunction(torch.autograd.Function):
+    """:func:`_mlp` as one autograd node; forward runs ``linear`` (``addmm``) and in-place
+    ReLU, backward the formulas of ``addmm``'s and ReLU's derivatives with the same
+    kernels and operand layouts (``mm_mat1_backward`` / ``mm_mat2_backward``, the bias
+    gradient summed over the batch, ``threshold_backward`` in place on the gradient
+    buffer this node owns), so the gradients are bit-identical."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        acts = [x]
+        last = len(params) // 2 - 1
+        for i in range(last + 1):
+            x = F.linear(x, params[2 * i], params[2 * i + 1])
+            if i < last:
+                x = x.relu_()
+                acts.append(x)
+        ctx.save_for_backward(*acts, *params[0::2])
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved = ctx.saved_tensors
+        layers = len(saved) // 2
+        acts, weights = saved[:layers], saved[layers:]
+        wanted = _wanted_grads(ctx)
+        grads: list[torch.Tensor | None] = [None] * len(wanted)
+        for i in reversed(range(layers)):
+            x, w = acts[i], weights[i]
+            if wanted[2 * i + 1]:  # mat2 = w.t(); its gradient, transposed back to w's
+                column_major = w.stride(1) == 1 and w.stride(0) == w.size(1)
+                grads[2 * i + 1] = grad.t().mm(x) if column_major else x.t().mm(grad).t()
+            if wanted[2 * i + 2]:
+                grads[2 * i + 2] = grad.sum(0, keepdim=True).view(-1)  # the engine's sum_to the bias
+            if not any(wanted[:2 * i + 1]):
+                break
+            if x.stride(0) == 1 and x.stride(1) == x.size(0):  # mat1 column-major
+                grad = w.t().mm(grad.t()).t()
+            else:
+                grad = grad.mm(w)
+            if i > 0:
+                torch.ops.aten.threshold_backward.grad_input(grad, acts[i], 0, grad_input=grad)
+            else:
+                grads[0] = grad
+        return tuple(grads)
 
 
 class ObsNormalizer(nn.Module):
@@ -104,12 +181,95 @@ class CriticEnsemble(nn.Module):
             last = width
         layers.append(VectorizedLinear(last, 1, ensemble_size))
         self.net = nn.Sequential(*layers)
+        self.layer_norm = layer_norm
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], dim=-1)
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
-        return self.net(x).squeeze(-1)
+        if self.layer_norm:
+            return self.net(x).squeeze(-1)
+        params = module_params(self.net)  # W1, b1, W2, b2, ...
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _EnsembleMLP.apply(x, *params).squeeze(-1)
+        return _ensemble_mlp(x, params).squeeze(-1)
+
+
+def _ensemble_mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """The stacked Linear/ReLU layers of :class:`CriticEnsemble` (what its ``net`` computes)."""
+    last = len(params) // 2 - 1
+    for i in range(last + 1):
+        x = torch.baddbmm(params[2 * i + 1], x, params[2 * i])
+        if i < last:
+            x = x.relu_()
+    return x
+
+
+class _EnsembleMLP(torch.autograd.Function):
+    """:func:`_ensemble_mlp` as one autograd node. Forward and backward run the kernels
+    the per-layer autograd graph runs (``baddbmm`` and in-place ReLU; ``bmm`` with
+    transposes, a sum over the batch for the biases, ``threshold_backward``), so the
+    values are bit-identical; what changes is that ReLU's backward writes into the
+    gradient buffer this node owns instead of allocating an [E, B, width] tensor per
+    layer (most of the non-matmul time of a large ensemble update), and one node
+    replaces 2L - 1 (less engine work for small ones). Gradients of parameters the
+    running backward does not ask for (the critic under an actor loss) are skipped, as
+    the engine skips them for built-in nodes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        acts = [x]
+        last = len(params) // 2 - 1
+        for i in range(last + 1):
+            x = torch.baddbmm(params[2 * i + 1], x, params[2 * i])
+            if i < last:
+                x = x.relu_()
+                acts.append(x)
+        ctx.save_for_backward(*acts, *params[0::2])
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved = ctx.saved_tensors
+        layers = len(saved) // 2
+        acts, weights = saved[:layers], saved[layers:]
+        wanted = _wanted_grads(ctx)
+        grads: list[torch.Tensor | None] = [None] * len(wanted)
+        for i in reversed(range(layers)):
+            single = grad.shape[-1] == 1  # the Q head: one output per member
+            if wanted[2 * i + 1]:
+                # acts^T @ grad; for one output, as the row vector grad^T @ acts (transposed
+                # back): the same products summed in the same order (bit-identical), without
+                # the batched-gemm path's ~10x overhead for a single column
+                grads[2 * i + 1] = (grad.transpose(1, 2).bmm(acts[i]).transpose(1, 2) if single
+                                    else acts[i].transpose(1, 2).bmm(grad))
+            if wanted[2 * i + 2]:
+                grads[2 * i + 2] = grad.sum(1, keepdim=True)  # the engine's sum_to the [E, 1, out] bias
+            if not any(wanted[:2 * i + 1]):
+                break
+            # grad @ W^T; a contraction over one output is a plain product (exact either way)
+            grad = grad * weights[i].transpose(1, 2) if single else grad.bmm(weights[i].transpose(1, 2))
+            if i > 0:  # through the ReLU whose output is acts[i], in place
+                torch.ops.aten.threshold_backward.grad_input(grad, acts[i], 0, grad_input=grad)
+            else:
+                grads[0] = grad
+        return tuple(grads)
+
+
+def _wanted_grads(ctx) -> list[bool]:
+    """Which inputs of a custom autograd node the running backward needs gradients for:
+    ``needs_input_grad`` narrowed by the engine's own plan (``backward(inputs=...)``
+    leaves the others out)."""
+    wanted = list(ctx.needs_input_grad)
+    if torch.compiler.is_compiling():
+        return wanted
+    try:
+        for j, (node, _) in enumerate(ctx.next_functions):
+            if wanted[j] and node is not None:
+                wanted[j] = torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # autograd.grad with leaf inputs: the engine does not say
+        return list(ctx.needs_input_grad)
+    return wanted
 
 
 class ValueNetwork(nn.Module):
@@ -213,10 +373,22 @@ class Temperature(nn.Module):
         return -(self.log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
+def module_params(module: nn.Module) -> list[nn.Parameter]:
+    """``list(module.parameters())``, gathered once per module: the per-update walk over
+    submodules costs more than a small update's kernels. The networks here do not gain
+    or lose parameters after construction (loading a checkpoint copies into them, as
+    ``.to()`` does; a deepcopy copies the list along with the parameters it holds);
+    ``load_state_dict(assign=True)``, which swaps the parameter objects, is not used."""
+    params = module.__dict__.get("_params_list")
+    if params is None:
+        params = module.__dict__["_params_list"] = list(module.parameters())
+    return params
+
+
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- (1 - tau) * target + tau * source, one fused lerp over all parameters."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+    torch._foreach_lerp_(module_params(target), module_params(source), tau)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

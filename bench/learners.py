@@ -2,6 +2,7 @@
 
     python bench/learners.py           # full
     python bench/learners.py --quick   # fewer repetitions
+    python bench/learners.py --only-speed   # the two speed-ratio rows
 
 Rows:
 * sacn_update_vs_matmul_flops -- a 10-critic SAC-N update (3x256, batch 256) on CPU
@@ -38,7 +39,7 @@ sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must n
 from common import print_rows, row, write_results  # noqa: E402
 
 from agent.learners import SACN, SACNConfig  # noqa: E402
-from agent.learners.common import adam, not_done, step  # noqa: E402
+from agent.learners.common import adam, not_done  # noqa: E402
 from agent.nets import TanhGaussianActor, Temperature, mlp  # noqa: E402
 
 OBS, ACT = 17, 6
@@ -67,14 +68,25 @@ def sacn_update_flops(batch_size: int, hidden: list[int], critics: int) -> float
     return float(target + critic + actor)
 
 
+def plain_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """The textbook optimizer step (what ``agent.learners.common.step`` did before its
+    lean Adam path): the loop baseline stays written the straightforward way."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    optimizer.step()
+
+
 class LoopSACN:
     """The same SAC-N math written the straightforward way: a list of critics, a Python
-    loop over them in the target, the critic loss and the actor loss."""
+    loop over them in the target, the critic loss and the actor loss. Its networks are
+    plain ``nn.Sequential`` Linear/ReLU stacks and its steps textbook ``torch.optim``
+    calls, as this baseline has always been (not the fused paths of ``agent.nets``)."""
 
     def __init__(self, cfg: SACNConfig):
         self.cfg = cfg
         self.actor = TanhGaussianActor(OBS, ACT, cfg.hidden_dims)
-        self.critics = nn.ModuleList(mlp(OBS + ACT, cfg.hidden_dims, 1) for _ in range(cfg.num_critics))
+        self.actor.net = nn.Sequential(*self.actor.net)
+        self.critics = nn.ModuleList(nn.Sequential(*mlp(OBS + ACT, cfg.hidden_dims, 1)) for _ in range(cfg.num_critics))
         self.targets = copy.deepcopy(self.critics).requires_grad_(False)
         self.temperature = Temperature(1.0)
         dev = torch.device("cpu")
@@ -90,7 +102,7 @@ class LoopSACN:
             y = b["reward"] + self.cfg.gamma * not_done(b) * (q2 - self.temperature() * lp2)
         x = torch.cat([b["obs"], b["action"]], -1)
         loss = sum(((c(x).squeeze(-1) - y) ** 2).mean() for c in self.critics)
-        step(self.critic_opt, loss, list(self.critics.parameters()))
+        plain_step(self.critic_opt, loss, list(self.critics.parameters()))
         with torch.no_grad():
             for t, c in zip(self.targets, self.critics):
                 for pt, pc in zip(t.parameters(), c.parameters()):
@@ -99,9 +111,9 @@ class LoopSACN:
         xa = torch.cat([b["obs"], a], -1)
         q = torch.stack([c(xa).squeeze(-1) for c in self.critics]).min(0).values
         actor_loss = (self.temperature().detach() * lp - q).mean()
-        step(self.actor_opt, actor_loss, list(self.actor.parameters()))
+        plain_step(self.actor_opt, actor_loss, list(self.actor.parameters()))
         alpha_loss = self.temperature.loss(lp, -float(ACT))
-        step(self.alpha_opt, alpha_loss, [self.temperature.log_alpha])
+        plain_step(self.alpha_opt, alpha_loss, [self.temperature.log_alpha])
         return {"critic_loss": loss.detach()}
 
 
@@ -374,6 +386,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-learning", action="store_true", help="leave out the learning rows")
     p.add_argument("--skip-speed", action="store_true", help="leave out the speed-ratio rows")
+    p.add_argument("--only-speed", action="store_true", help="the two speed-ratio rows only (no learning, no peer rows)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--algos", default="", help="learning rows for these algorithms only (comma-separated: iql, calql; BC always runs)")
@@ -383,6 +396,8 @@ def main() -> None:
     p.add_argument("--skip-peer-speed", action="store_true", help="with --peer-python: leave out the updates/s rows")
     p.add_argument("--skip-peer-score", action="store_true", help="with --peer-python: leave out the score parity row")
     args = p.parse_args()
+    if args.only_speed:
+        args.skip_speed, args.skip_learning, args.peer_python = False, True, None
     reps = 3 if args.quick else 9
     threads = torch.get_num_threads()
     rows: list[dict] = []
@@ -407,10 +422,12 @@ def speed_rows(reps: int, threads: int) -> list[dict]:
     lp = loop_bar(reps)
     return [
         row("sacn_update_vs_matmul_flops", round(f["ratio"], 3), "ratio", ">= 0.7",
-            f"10-critic SAC-N, 3x256, batch 256, CPU {threads} threads: {f['ours_gflops']:.1f} GFLOP/s "
-            f"({f['updates_per_s']:.1f} updates/s, {f['flops'] / 1e9:.2f} GFLOP each) vs bmm {f['matmul_gflops']:.1f} GFLOP/s"),
+            f"10-critic SAC-N, 3x256, batch 256, CPU {threads} threads, eager update (not compiled): "
+            f"{f['ours_gflops']:.1f} GFLOP/s ({f['updates_per_s']:.1f} updates/s, {f['flops'] / 1e9:.2f} GFLOP each) "
+            f"vs bmm {f['matmul_gflops']:.1f} GFLOP/s"),
         row("sacn_vectorized_vs_loop_small", round(lp["ratio"], 2), "ratio", ">= 4.5",
-            f"10 critics 3x16, batch 4: {lp['ours_per_s']:.0f} vs {lp['loop_per_s']:.0f} updates/s"),
+            f"10 critics 3x16, batch 4, eager: {lp['ours_per_s']:.0f} vs {lp['loop_per_s']:.0f} updates/s "
+            f"(loop: nn.Sequential per critic, textbook torch.optim steps)"),
     ]
 
 

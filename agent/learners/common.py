@@ -6,8 +6,12 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import (
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
+)
 
-from agent.nets import CriticEnsemble, TanhGaussianActor, Temperature
+from agent.nets import CriticEnsemble, TanhGaussianActor, Temperature, module_params
 
 
 def adam(params: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Adam:
@@ -70,20 +74,113 @@ def actor_temperature_step(learner: "LearnerParts", actor_loss: torch.Tensor, lo
     separate steps) for one autograd call instead of two."""
     temperature = learner.temperature
     alpha_loss = temperature.loss(log_prob, learner.target_entropy)
-    learner.actor_opt.zero_grad(set_to_none=True)
-    learner.alpha_opt.zero_grad(set_to_none=True)
-    (actor_loss + alpha_loss).backward(inputs=[*learner.actor.parameters(), temperature.log_alpha])
-    learner.actor_opt.step()
-    learner.alpha_opt.step()
+    actor_plan, alpha_plan = _LeanAdam.of(learner.actor_opt), _LeanAdam.of(learner.alpha_opt)
+    inputs = [*module_params(learner.actor), temperature.log_alpha]
+    if actor_plan is None or alpha_plan is None or not actor_plan.covers(inputs[:-1]) or not alpha_plan.covers(inputs[-1:]):
+        learner.actor_opt.zero_grad(set_to_none=True)
+        learner.alpha_opt.zero_grad(set_to_none=True)
+        (actor_loss + alpha_loss).backward(inputs=inputs)
+        learner.actor_opt.step()
+        learner.alpha_opt.step()
+    else:
+        _clear_grads(inputs)
+        (actor_loss + alpha_loss).backward(inputs=inputs)
+        actor_plan.step()
+        alpha_plan.step()
     return {"alpha": temperature().detach(), "alpha_loss": alpha_loss.detach()}
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
     """One optimizer step whose gradients land only on ``params`` (e.g. an actor loss
     that runs through the critic leaves the critic's gradients untouched)."""
-    optimizer.zero_grad(set_to_none=True)
+    plan = _LeanAdam.of(optimizer)
+    if plan is None or not plan.covers(params):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=params)
+        optimizer.step()
+        return
+    _clear_grads(params)
     loss.backward(inputs=params)
-    optimizer.step()
+    plan.step()
+
+
+def _clear_grads(params: list[torch.Tensor]) -> None:
+    """``zero_grad(set_to_none=True)`` for these parameters (the ones an optimizer holds)."""
+    for p in params:
+        p.grad = None
+
+
+class _LeanAdam:
+    """``optimizer.step()`` of a fused, single-group Adam without the per-call Python
+    work of ``torch.optim`` (hook and profiler wrappers, per-parameter state lookups,
+    grouping by device): the step counters' +1 and the ``_fused_adam_`` kernel it ends
+    in, on lists gathered once, so the result is bit-identical. Used only while that
+    holds: one param group, no amsgrad, differentiable, capturable or decoupled weight
+    decay, no step hooks, state on every parameter; a ``load_state_dict`` (new state)
+    or a new param group rebuilds it, and a parameter without a gradient falls back to
+    ``optimizer.step()``. The optimizer stays a ``torch.optim.Adam`` (its state_dict,
+    checkpoints and hyperparameters, read at every step, are the usual ones)."""
+
+    __slots__ = ("exp_avg_sqs", "exp_avgs", "group", "opt", "params", "state", "step_counts", "steps")
+
+    def __init__(self, opt: torch.optim.Adam):
+        group = opt.param_groups[0]
+        self.opt, self.state, self.group = opt, opt.state, group
+        self.params = list(group["params"])
+        states = [opt.state[p] for p in self.params]
+        self.exp_avgs = [s["exp_avg"] for s in states]
+        self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        # the per-parameter step counters become views of one tensor, so that counting a
+        # step is one add instead of a per-tensor loop (what _foreach_add_ is on CPU)
+        self.step_counts = torch.stack([s["step"] for s in states])
+        for i, s in enumerate(states):
+            s["step"] = self.step_counts[i]
+        self.steps = [s["step"] for s in states]
+
+    @staticmethod
+    def of(opt: torch.optim.Optimizer) -> _LeanAdam | None:
+        plan = opt.__dict__.get("_lean_adam")
+        if plan is not None and plan.state is opt.state and len(opt.param_groups) == 1 and plan.group is opt.param_groups[0] \
+                and len(plan.group["params"]) == len(plan.params):
+            return plan if not (_global_optimizer_pre_hooks or _global_optimizer_post_hooks) else None
+        if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or opt._optimizer_step_pre_hooks \
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks \
+                or opt._optimizer_step_post_hooks:
+            return None
+        group = opt.param_groups[0]
+        if not group["fused"] or group["amsgrad"] or group["differentiable"] or group["capturable"] \
+                or group.get("decoupled_weight_decay", False):
+            return None
+        params = group["params"]
+        if not params or any(len(opt.state.get(p, ())) == 0 for p in params):
+            return None  # before the first step: torch.optim creates the state
+        first, step0 = params[0], opt.state[params[0]]["step"]
+        if any(p.device != first.device or p.dtype != first.dtype or torch.is_complex(p)
+               or opt.state[p]["step"].device != step0.device or opt.state[p]["step"].dtype != step0.dtype for p in params):
+            return None
+        plan = _LeanAdam(opt)
+        opt.__dict__["_lean_adam"] = plan
+        return plan
+
+    def covers(self, params: list[torch.Tensor]) -> bool:
+        mine = self.params
+        return len(params) == len(mine) and all(a is b for a, b in zip(params, mine))
+
+    def step(self) -> None:
+        grads = [p.grad for p in self.params]
+        if any(g is None or g.is_sparse for g in grads):
+            self.opt.step()
+            return
+        group = self.group
+        beta1, beta2 = group["betas"]
+        with torch.no_grad():
+            self.step_counts.add_(1)
+            torch._fused_adam_(self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+                               amsgrad=False, lr=group["lr"], beta1=float(beta1), beta2=float(beta2),
+                               weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                               grad_scale=None, found_inf=None)
+        self.opt._opt_called = True  # what the step wrapper records (LR schedulers check it)
+
 
 
 class LearnerParts:

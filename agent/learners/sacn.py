@@ -17,7 +17,7 @@ import torch
 from agent.config import option
 from agent.learners.common import (build_sac_parts, ensemble_td_loss, LearnerParts, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
                                    step, actor_temperature_step)
-from agent.nets import soft_update
+from agent.nets import module_params, soft_update
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SACN(LearnerParts):
         for mb in minibatches(batch):
             y = soft_target(self.critic_target, self.actor, self.temperature().detach(), mb, self.cfg.gamma)
             loss, metrics = ensemble_td_loss(self.critic, y, mb)
-            step(self.critic_opt, loss, list(self.critic.parameters()))
+            step(self.critic_opt, loss, module_params(self.critic))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
         flat = flatten(batch)
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flat["obs"])
