@@ -68,6 +68,28 @@ def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     return x
 
 
+def _run_layers(ctx, x: torch.Tensor, params, layer) -> torch.Tensor:
+    """The forward of the one-node networks: ``layer(x, weight, bias)`` for each
+    (weight, bias) pair with in-place ReLU between layers; saves the layer inputs and the
+    weights for the hand-written backward."""
+    acts = [x]
+    last = len(params) // 2 - 1
+    for i in range(last + 1):
+        x = layer(x, params[2 * i], params[2 * i + 1])
+        if i < last:
+            x = x.relu_()
+            acts.append(x)
+    ctx.save_for_backward(*acts, *params[0::2])
+    return x
+
+
+def _saved_layers(ctx):
+    """What :func:`_run_layers` saved: (layer inputs, weights, which gradients are wanted)."""
+    saved = ctx.saved_tensors
+    layers = len(saved) // 2
+    return saved[:layers], saved[layers:], _wanted_grads(ctx)
+
+
 class _MLPFunction(torch.autograd.Function):
     """:func:`_mlp` as one autograd node; forward runs ``linear`` (``addmm``) and in-place
     ReLU, backward the formulas of ``addmm``'s and ReLU's derivatives with the same
@@ -77,24 +99,13 @@ class _MLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        acts = [x]
-        last = len(params) // 2 - 1
-        for i in range(last + 1):
-            x = F.linear(x, params[2 * i], params[2 * i + 1])
-            if i < last:
-                x = x.relu_()
-                acts.append(x)
-        ctx.save_for_backward(*acts, *params[0::2])
-        return x
+        return _run_layers(ctx, x, params, lambda x, w, b: F.linear(x, w, b))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        layers = len(saved) // 2
-        acts, weights = saved[:layers], saved[layers:]
-        wanted = _wanted_grads(ctx)
+        acts, weights, wanted = _saved_layers(ctx)
         grads: list[torch.Tensor | None] = [None] * len(wanted)
-        for i in reversed(range(layers)):
+        for i in reversed(range(len(acts))):
             x, w = acts[i], weights[i]
             if wanted[2 * i + 1]:  # mat2 = w.t(); its gradient, transposed back to w's
                 column_major = w.stride(1) == 1 and w.stride(0) == w.size(1)
@@ -218,24 +229,13 @@ class _EnsembleMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        acts = [x]
-        last = len(params) // 2 - 1
-        for i in range(last + 1):
-            x = torch.baddbmm(params[2 * i + 1], x, params[2 * i])
-            if i < last:
-                x = x.relu_()
-                acts.append(x)
-        ctx.save_for_backward(*acts, *params[0::2])
-        return x
+        return _run_layers(ctx, x, params, lambda x, w, b: torch.baddbmm(b, x, w))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        layers = len(saved) // 2
-        acts, weights = saved[:layers], saved[layers:]
-        wanted = _wanted_grads(ctx)
+        acts, weights, wanted = _saved_layers(ctx)
         grads: list[torch.Tensor | None] = [None] * len(wanted)
-        for i in reversed(range(layers)):
+        for i in reversed(range(len(acts))):
             single = grad.shape[-1] == 1  # the Q head: one output per member
             if wanted[2 * i + 1]:
                 # acts^T @ grad; for one output, as the row vector grad^T @ acts (transposed
