@@ -38,6 +38,7 @@ class PretrainConfig:
     device: str = option("cpu", "torch device: cpu, cuda, or auto")
     compile: bool = option(False, "torch.compile the learner's update (first updates are slow while it compiles)")
     autocast: Literal["none", "bf16"] = option("none", "run forward and backward passes under bfloat16 autocast")
+    cuda_graph: bool = option(False, "capture the update as one CUDA graph on the first batch (CUDA only; see agent/learners/graphed.py)")
     bc: BCConfig = section(BCConfig, "behaviour cloning settings")
     iql: IQLConfig = section(IQLConfig, "IQL settings")
     cql: CQLConfig = section(CQLConfig, "CQL settings")
@@ -102,16 +103,23 @@ class BatchSource:
 
 def make_update_fn(learner, cfg: PretrainConfig):
     """The learner's update, optionally compiled and under autocast."""
-    update = torch.compile(learner.update) if cfg.compile else learner.update
-    if cfg.autocast == "none":
-        return update
     device_type = torch.device(str(learner.device)).type
+    if cfg.cuda_graph and (device_type != "cuda" or cfg.compile):
+        raise ValueError(f"--cuda-graph captures the update on a CUDA device without --compile; got device "
+                         f"{learner.device}{' with --compile' if cfg.compile else ''}.")
+    update = torch.compile(learner.update) if cfg.compile else learner.update
+    if cfg.autocast != "none":
+        plain = update
 
-    def autocast_update(batch):
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-            return update(batch)
+        def update(batch):
+            with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+                return plain(batch)
 
-    return autocast_update
+    if cfg.cuda_graph:
+        from agent.learners.graphed import GraphedUpdate
+
+        return GraphedUpdate(update)
+    return update
 
 
 def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger, rng: np.random.Generator,
