@@ -68,7 +68,7 @@ from tqdm import tqdm
 from agent.checkpoint import rng_state, save_checkpoint
 from agent.collect import config_hash
 from agent.config import save_yaml, to_dict
-from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
+from agent.finetune.config import FinetuneConfig, loop_setting
 from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import discounted_returns, heldout_td_error
 from agent.finetune.loop import LoopState, _to_tensors, build_run, offline_phase, resolve_run
@@ -762,13 +762,9 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         raise ValueError(f"--weight-push-seconds must be a positive number of seconds, found {cfg.weight_push_seconds}.")
     if cfg.eval_episodes > 0 and cfg.eval_every <= 0:
         raise ValueError(f"--eval-every must be a positive number of steps when evaluating, found {cfg.eval_every}.")
-    run_dir, init_ckpt, env_id = resolve_run(cfg, resume)
-    from agent.pretrain import resolve_device
-
-    device = resolve_device(cfg.device)
-    gap = parse_gap(cfg.sim_gap)
-    env_kwargs = parse_env_kwargs(cfg.env_kwargs)
-    settings = ActorSettings(env_id=env_id, env_kwargs=env_kwargs, sim_gap=gap, seed=cfg.seed, steps=cfg.steps, control_rate=cfg.control_rate,
+    plan = resolve_run(cfg, resume)
+    run_dir = plan.run_dir
+    settings = ActorSettings(env_id=plan.env_id, env_kwargs=plan.env_kwargs, sim_gap=plan.gap, seed=cfg.seed, steps=cfg.steps, control_rate=cfg.control_rate,
                              warmup_steps=int(loop_setting(cfg, "warmup_steps")),
                              warmup_policy=str(loop_setting(cfg, "warmup_policy")), eval_every=cfg.eval_every,
                              eval_episodes=cfg.eval_episodes, log_every=cfg.log_every)
@@ -783,8 +779,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         description = _wait_for_hello(proc, data_recv)
         obs_dim = int(np.prod(description.observation_space.shape))
         act_dim = int(np.prod(description.action_space.shape))
-        parts = build_run(cfg, run_dir, init_ckpt, env_id, obs_dim, act_dim, device, description, {**env_kwargs, **gap},
-                          resume, make_source)
+        parts = build_run(cfg, plan, obs_dim, act_dim, description, resume, make_source)
         learner, rng, source, state, store = parts.learner, parts.rng, parts.source, parts.state, parts.store
         heldout = parts.heldout
         next_episode = 0
@@ -795,10 +790,10 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
         summary: dict = {}
         if state.offline_updates < cfg.offline_steps:
-            summary.update(offline_phase(cfg, learner, source, logger, rng, state, env_id, progress))
+            summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress))
         if hasattr(learner, "start_online"):
             learner.start_online()
-        side = _Learner(cfg, learner, store, logger, source, rng, state, env_id, heldout,
+        side = _Learner(cfg, learner, store, logger, source, rng, state, plan.env_id, heldout,
                         parts.from_scratch, description, proc, data_recv, control_send,
                         next_episode, progress)
         policy = pickle.dumps({"actor": copy.deepcopy(learner.actor).cpu(), "normalizer": copy.deepcopy(learner.normalizer).cpu()})

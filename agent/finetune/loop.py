@@ -223,9 +223,21 @@ def open_online_store(path: Path, env_id: str, env, gap: dict) -> Store:
                         sim_state_dims={k: int(np.asarray(v).size) for k, v in sim_state.items()} if sim_state else None)
 
 
-def resolve_run(cfg: FinetuneConfig, resume: bool) -> tuple[Path, dict | None, str]:
-    """The run directory, the ``--init`` checkpoint (or None) and the env id, checked
-    before anything is built."""
+@dataclass
+class RunPlan:
+    """What a fine-tuning run is, resolved and checked from its config before anything is built."""
+
+    run_dir: Path
+    init_ckpt: dict | None
+    env_id: str
+    device: str
+    gap: dict
+    env_kwargs: dict
+
+
+def resolve_run(cfg: FinetuneConfig, resume: bool) -> RunPlan:
+    """The run directory, the ``--init`` checkpoint (or None), the env id, the device and
+    the env's keyword arguments (dynamics gap apart), checked before anything is built."""
     if not cfg.out:
         raise ValueError("finetune needs --out (the run directory).")
     run_dir = Path(cfg.out)
@@ -235,7 +247,10 @@ def resolve_run(cfg: FinetuneConfig, resume: bool) -> tuple[Path, dict | None, s
     env_id = cfg.env or (init_ckpt or {}).get("env_id", "")
     if not env_id:
         raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
-    return run_dir, init_ckpt, env_id
+    from agent.pretrain import resolve_device
+
+    return RunPlan(run_dir, init_ckpt, env_id, resolve_device(cfg.device), parse_gap(cfg.sim_gap),
+                   parse_env_kwargs(cfg.env_kwargs))
 
 
 @dataclass
@@ -253,15 +268,16 @@ class RunParts:
     ckpt: dict | None
 
 
-def build_run(cfg: FinetuneConfig, run_dir: Path, init_ckpt: dict | None, env_id: str, obs_dim: int, act_dim: int,
-              device: str, env, store_kwargs: dict, resume: bool, make_source=None) -> RunParts:
+def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, env, resume: bool,
+              make_source=None) -> RunParts:
     """Learner, data, online store and (when resuming) the restored checkpoint, the same
     for the in-process loop and the actor/learner split. ``env`` (or an env description
     with the same spaces) shapes a new online store."""
+    run_dir, init_ckpt, env_id = plan.run_dir, plan.init_ckpt, plan.env_id
     if init_ckpt is not None:
         check_shapes(init_ckpt, obs_dim, act_dim, env_id, repr(cfg.init))
     rng = seed_everything(cfg.seed)
-    learner = _build_learner(cfg, obs_dim, act_dim, device, init_ckpt)
+    learner = _build_learner(cfg, obs_dim, act_dim, plan.device, init_ckpt)
     data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
     if cfg.algo == "h2o" and not cfg.real_data and not cfg.data:
         raise ValueError("H2O needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
@@ -287,7 +303,7 @@ def build_run(cfg: FinetuneConfig, run_dir: Path, init_ckpt: dict | None, env_id
 
     state = LoopState(run_id=f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
     store = open_online_store(Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr", env_id, env,
-                              store_kwargs)
+                              {**plan.env_kwargs, **plan.gap})
     ckpt = None
     if resume:
         ckpt = load_checkpoint(run_dir)
@@ -306,17 +322,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     """Build env, learner, data and store from ``cfg``, restore a checkpoint when
     resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
     tune_cpu_allocator()
-    run_dir, init_ckpt, env_id = resolve_run(cfg, resume)
-    from agent.pretrain import resolve_device
-
-    device = resolve_device(cfg.device)
-    gap = parse_gap(cfg.sim_gap)
-    env_kwargs = parse_env_kwargs(cfg.env_kwargs)
-    env = make_env(env_id, **env_kwargs, **gap)
+    plan = resolve_run(cfg, resume)
+    run_dir, env_id, env_kwargs = plan.run_dir, plan.env_id, plan.env_kwargs
+    env = make_env(env_id, **env_kwargs, **plan.gap)
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     try:
-        parts = build_run(cfg, run_dir, init_ckpt, env_id, obs_dim, act_dim, device, env, {**env_kwargs, **gap}, resume,
-                          make_source)
+        parts = build_run(cfg, plan, obs_dim, act_dim, env, resume, make_source)
     except BaseException:
         env.close()
         raise
