@@ -59,35 +59,79 @@ class MLP(nn.Sequential):
         return _mlp(x, params)
 
 
-def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w, b)
+
+
+def _ensemble_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.baddbmm(b, x, w)
+
+
+def _layers(x: torch.Tensor, params, layer, acts: list | None = None) -> torch.Tensor:
+    """``layer(x, weight, bias)`` for each (weight, bias) pair of ``params`` with in-place
+    ReLU between layers; each layer's input is appended to ``acts`` when given."""
     last = len(params) // 2 - 1
     for i in range(last + 1):
-        x = F.linear(x, params[2 * i], params[2 * i + 1])
+        if acts is not None:
+            acts.append(x)
+        x = layer(x, params[2 * i], params[2 * i + 1])
         if i < last:
             x = x.relu_()
     return x
 
 
-def _run_layers(ctx, x: torch.Tensor, params, layer) -> torch.Tensor:
-    """The forward of the one-node networks: ``layer(x, weight, bias)`` for each
-    (weight, bias) pair with in-place ReLU between layers; saves the layer inputs and the
-    weights for the hand-written backward."""
-    acts = [x]
-    last = len(params) // 2 - 1
-    for i in range(last + 1):
-        x = layer(x, params[2 * i], params[2 * i + 1])
-        if i < last:
-            x = x.relu_()
-            acts.append(x)
+def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    return _layers(x, params, _linear)
+
+
+def _one_node_forward(ctx, x: torch.Tensor, params, layer) -> torch.Tensor:
+    """Forward of the one-node networks: saves the layer inputs and the weights for
+    :func:`_one_node_backward`."""
+    acts: list[torch.Tensor] = []
+    x = _layers(x, params, layer, acts)
     ctx.save_for_backward(*acts, *params[0::2])
     return x
 
 
-def _saved_layers(ctx):
-    """What :func:`_run_layers` saved: (layer inputs, weights, which gradients are wanted)."""
+def _one_node_backward(ctx, grad: torch.Tensor, weight_grad, bias_grad, input_grad) -> tuple:
+    """Backward of the one-node networks, layer by layer from the last: the weight and
+    bias gradients the running backward wants (``weight_grad(grad, act, weight)``,
+    ``bias_grad(grad)``), then the gradient of the layer's input
+    (``input_grad(grad, act, weight)``), through the ReLU in place on the buffer this node
+    owns; stops once nothing further down is wanted."""
     saved = ctx.saved_tensors
-    layers = len(saved) // 2
-    return saved[:layers], saved[layers:], _wanted_grads(ctx)
+    acts, weights = saved[:len(saved) // 2], saved[len(saved) // 2:]
+    wanted = _wanted_grads(ctx)
+    grads: list[torch.Tensor | None] = [None] * len(wanted)
+    for i in reversed(range(len(acts))):
+        if wanted[2 * i + 1]:
+            grads[2 * i + 1] = weight_grad(grad, acts[i], weights[i])
+        if wanted[2 * i + 2]:
+            grads[2 * i + 2] = bias_grad(grad)
+        if not any(wanted[:2 * i + 1]):
+            break
+        grad = input_grad(grad, acts[i], weights[i])
+        if i > 0:  # through the ReLU whose output is acts[i]
+            torch.ops.aten.threshold_backward.grad_input(grad, acts[i], 0, grad_input=grad)
+        else:
+            grads[0] = grad
+    return tuple(grads)
+
+
+def _mlp_weight_grad(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # mat2 = w.t(); its gradient, transposed back to w's layout
+    column_major = w.stride(1) == 1 and w.stride(0) == w.size(1)
+    return grad.t().mm(x) if column_major else x.t().mm(grad).t()
+
+
+def _mlp_bias_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.sum(0, keepdim=True).view(-1)  # the engine's sum_to the bias
+
+
+def _mlp_input_grad(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if x.stride(0) == 1 and x.stride(1) == x.size(0):  # mat1 column-major
+        return w.t().mm(grad.t()).t()
+    return grad.mm(w)
 
 
 class _MLPFunction(torch.autograd.Function):
@@ -99,30 +143,11 @@ class _MLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        return _run_layers(ctx, x, params, lambda x, w, b: F.linear(x, w, b))
+        return _one_node_forward(ctx, x, params, _linear)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        acts, weights, wanted = _saved_layers(ctx)
-        grads: list[torch.Tensor | None] = [None] * len(wanted)
-        for i in reversed(range(len(acts))):
-            x, w = acts[i], weights[i]
-            if wanted[2 * i + 1]:  # mat2 = w.t(); its gradient, transposed back to w's
-                column_major = w.stride(1) == 1 and w.stride(0) == w.size(1)
-                grads[2 * i + 1] = grad.t().mm(x) if column_major else x.t().mm(grad).t()
-            if wanted[2 * i + 2]:
-                grads[2 * i + 2] = grad.sum(0, keepdim=True).view(-1)  # the engine's sum_to the bias
-            if not any(wanted[:2 * i + 1]):
-                break
-            if x.stride(0) == 1 and x.stride(1) == x.size(0):  # mat1 column-major
-                grad = w.t().mm(grad.t()).t()
-            else:
-                grad = grad.mm(w)
-            if i > 0:
-                torch.ops.aten.threshold_backward.grad_input(grad, acts[i], 0, grad_input=grad)
-            else:
-                grads[0] = grad
-        return tuple(grads)
+        return _one_node_backward(ctx, grad, _mlp_weight_grad, _mlp_bias_grad, _mlp_input_grad)
 
 
 class ObsNormalizer(nn.Module):
@@ -208,12 +233,25 @@ class CriticEnsemble(nn.Module):
 
 def _ensemble_mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """The stacked Linear/ReLU layers of :class:`CriticEnsemble` (what its ``net`` computes)."""
-    last = len(params) // 2 - 1
-    for i in range(last + 1):
-        x = torch.baddbmm(params[2 * i + 1], x, params[2 * i])
-        if i < last:
-            x = x.relu_()
-    return x
+    return _layers(x, params, _ensemble_linear)
+
+
+def _ensemble_weight_grad(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # x^T @ grad; for one output (the Q head), as the row vector grad^T @ x transposed
+    # back: the same products summed in the same order (bit-identical), without the
+    # batched-gemm path's ~10x overhead for a single column
+    if grad.shape[-1] == 1:
+        return grad.transpose(1, 2).bmm(x).transpose(1, 2)
+    return x.transpose(1, 2).bmm(grad)
+
+
+def _ensemble_bias_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.sum(1, keepdim=True)  # the engine's sum_to the [E, 1, out] bias
+
+
+def _ensemble_input_grad(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # grad @ W^T; a contraction over one output is a plain product (exact either way)
+    return grad * w.transpose(1, 2) if grad.shape[-1] == 1 else grad.bmm(w.transpose(1, 2))
 
 
 class _EnsembleMLP(torch.autograd.Function):
@@ -229,31 +267,11 @@ class _EnsembleMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        return _run_layers(ctx, x, params, lambda x, w, b: torch.baddbmm(b, x, w))
+        return _one_node_forward(ctx, x, params, _ensemble_linear)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        acts, weights, wanted = _saved_layers(ctx)
-        grads: list[torch.Tensor | None] = [None] * len(wanted)
-        for i in reversed(range(len(acts))):
-            single = grad.shape[-1] == 1  # the Q head: one output per member
-            if wanted[2 * i + 1]:
-                # acts^T @ grad; for one output, as the row vector grad^T @ acts (transposed
-                # back): the same products summed in the same order (bit-identical), without
-                # the batched-gemm path's ~10x overhead for a single column
-                grads[2 * i + 1] = (grad.transpose(1, 2).bmm(acts[i]).transpose(1, 2) if single
-                                    else acts[i].transpose(1, 2).bmm(grad))
-            if wanted[2 * i + 2]:
-                grads[2 * i + 2] = grad.sum(1, keepdim=True)  # the engine's sum_to the [E, 1, out] bias
-            if not any(wanted[:2 * i + 1]):
-                break
-            # grad @ W^T; a contraction over one output is a plain product (exact either way)
-            grad = grad * weights[i].transpose(1, 2) if single else grad.bmm(weights[i].transpose(1, 2))
-            if i > 0:  # through the ReLU whose output is acts[i], in place
-                torch.ops.aten.threshold_backward.grad_input(grad, acts[i], 0, grad_input=grad)
-            else:
-                grads[0] = grad
-        return tuple(grads)
+        return _one_node_backward(ctx, grad, _ensemble_weight_grad, _ensemble_bias_grad, _ensemble_input_grad)
 
 
 def _wanted_grads(ctx) -> list[bool]:
