@@ -30,10 +30,10 @@ def test_mlp_one_node_equals_per_layer_graph(batch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("members,batch", [(1, 3), (10, 4), (5, 128)])
-def test_critic_ensemble_one_node_equals_per_layer_graph(members, batch):
+@pytest.mark.parametrize("members,batch,layer_norm", [(1, 3, False), (10, 4, False), (5, 128, False), (10, 4, True)])
+def test_critic_ensemble_one_node_equals_per_layer_graph(members, batch, layer_norm):
     torch.manual_seed(members * 100 + batch)
-    critic = CriticEnsemble(6, 2, [16, 16], ensemble_size=members)
+    critic = CriticEnsemble(6, 2, [16, 16], ensemble_size=members, layer_norm=layer_norm)
     obs, action = torch.randn(batch, 6), torch.randn(batch, 2, requires_grad=True)
     q = critic(obs, action)
     x = torch.cat([obs, action], -1).unsqueeze(0).expand(members, -1, -1)

@@ -12,8 +12,9 @@ Critic, for each member e of E (10, LayerNorm, the authors' usual setting):
     y = r + gamma (1 - terminated) min_{e' in M} Q'_e'(s', a'),  a' ~ pi(s')
     M: 2 members drawn at random each update (REDQ); no entropy term in the target
        (``backup_entropy`` switches it on).
-Actor:  L_pi = E[ alpha log pi(a|s) - Q(s, a) ],  Q = min over all E members (the
-        released code; ``actor_reduce="mean"`` is the REDQ paper's mean).
+Actor:  L_pi = E[ alpha log pi(a|s) - Q(s, a) ],  Q = min over all E members
+        (ALGORITHMS.md); ``actor_reduce="mean"`` is REDQ's mean, which the SAC agent of
+        the authors' robot release (wsrl-robot) also uses.
 Temperature: L_alpha = -E[ log alpha (log pi(a|s) + H_target) ],  H_target = -|A|.
 
 UTD 4: a batch [K=4, B=256, ...] runs 4 critic (+ target) updates, then one actor and
@@ -44,7 +45,7 @@ class WSRLConfig:
     layer_norm: bool = option(True, "LayerNorm in the critics (taken from the pretrained run)")
     actor_layer_norm: bool = option(False, "LayerNorm in the actor (the pretrained CQL/Cal-QL actors have none)")
     target_subset: int = option(2, "members drawn at random whose min forms the target (REDQ)")
-    actor_reduce: Literal["min", "mean"] = option("min", "actor loss over the ensemble: min (released code) or mean (REDQ)")
+    actor_reduce: Literal["min", "mean"] = option("min", "actor loss over the ensemble: min or mean (REDQ)")
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target (WSRL does not)")
     actor_lr: float = option(1e-4, "actor learning rate")
     critic_lr: float = option(3e-4, "critic learning rate")
