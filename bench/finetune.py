@@ -114,11 +114,11 @@ def finetune_job(job: dict) -> dict:
     cfg.calql.num_sampled_actions = s["sampled_actions"]
     cfg.wsrl.alpha_lr = cfg.ro2o.alpha_lr = s["alpha_lr"]
     cfg.ro2o.num_perturbations = s["perturbations"]
-    # a 10-critic RO2O update costs ~9 SAC updates on this CPU, and RLPD runs at UTD 4
+    # cut ensembles on CPU: a 10-critic RO2O update costs ~9 SAC updates here, and RLPD runs at UTD 4
     cfg.ro2o.num_critics, cfg.rlpd.num_critics = s["ro2o_critics"], s["rlpd_critics"]
     if algo in ("wsrl", "ro2o", "sac", "rlpd", "h2o"):
         cfg.warmup_steps = s["warmup"] if algo != "ro2o" else s["warmup"] // 2
-    # UTD 1 for Cal-QL (its paper) and for RO2O (on this CPU one of its updates costs ~10 SAC updates)
+    # UTD 1 for Cal-QL (its paper) and for RO2O (its update is the dearest here even with 5 critics)
     cfg.utd = s["rlpd_utd"] if algo == "rlpd" else 1 if algo in ("calql", "ro2o") else s["utd"]
     if algo == "ro2o":
         cfg.offline_steps = s["offline_steps"]
