@@ -56,6 +56,7 @@ class H2OConfig:
     actor_lr: float = option(3e-4, "actor learning rate")
     critic_lr: float = option(3e-4, "critic learning rate")
     alpha_lr: float = option(3e-4, "temperature learning rate")
+    initial_alpha: float = option(1.0, "initial temperature")
     gamma: float = option(0.99, "discount")
     tau: float = option(5e-3, "target update rate")
 
@@ -147,7 +148,7 @@ class H2O(LearnerParts):
         self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims).to(self.device)
         self.critic = CriticEnsemble(obs_dim, act_dim, cfg.hidden_dims, cfg.num_critics).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.temperature = Temperature(1.0).to(self.device)
+        self.temperature = Temperature(cfg.initial_alpha).to(self.device)
         self.discriminators = Discriminators(obs_dim, act_dim, cfg.discriminator_dims, cfg.discriminator_noise).to(self.device)
         self.model = DynamicsModel(obs_dim, act_dim, cfg.model_dims).to(self.device)
         self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
