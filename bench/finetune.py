@@ -116,11 +116,11 @@ def finetune_job(job: dict) -> dict:
     if algo not in ("calql", "wsrl"):
         getattr(cfg, algo).hidden_dims = s["hidden"]
     cfg.calql.num_sampled_actions = s["sampled_actions"]
-    cfg.wsrl.alpha_lr = cfg.ro2o.alpha_lr = s["alpha_lr"]
+    cfg.wsrl.alpha_lr = s["alpha_lr"]
     cfg.ro2o.num_perturbations = s["perturbations"]
     # cut ensembles on CPU: a 10-critic RO2O update costs ~9 SAC updates here, and RLPD runs at UTD 4
     cfg.ro2o.num_critics, cfg.rlpd.num_critics = s["ro2o_critics"], s["rlpd_critics"]
-    if algo in s["scratch_algos"]:  # learners that start from scratch: a low temperature, adapted fast
+    if algo in s["scratch_algos"]:  # learners that start from scratch (RO2O too): a low temperature, adapted fast
         getattr(cfg, algo).initial_alpha, getattr(cfg, algo).alpha_lr = s["scratch_alpha"], s["alpha_lr"]
     if algo in ("wsrl", "ro2o", "sac", "rlpd", "h2o"):
         cfg.warmup_steps = s["warmup"] if algo != "ro2o" else s["warmup"] // 2
