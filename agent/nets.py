@@ -382,6 +382,8 @@ class Temperature(nn.Module):
 
     def __init__(self, initial: float = 1.0):
         super().__init__()
+        if not (math.isfinite(initial) and initial > 0):
+            raise ValueError(f"the initial temperature (initial_alpha) must be a positive number, got {initial}.")
         self.log_alpha = nn.Parameter(torch.tensor(math.log(initial), dtype=torch.float32))
 
     def forward(self) -> torch.Tensor:

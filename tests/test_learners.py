@@ -230,3 +230,12 @@ def test_actor_step_leaves_critic_gradients_alone():
     step(learner.actor_opt, loss, list(learner.actor.parameters()))
     for p, g in zip(learner.critic.parameters(), saved):
         torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("algo", ["sac", "h2o", "rlpd", "ro2o"])
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan")])
+def test_initial_temperature_must_be_positive(algo, bad):
+    cfg = LEARNERS[algo][1](hidden_dims=[8])
+    cfg.initial_alpha = bad
+    with pytest.raises(ValueError, match="initial temperature"):
+        make_learner(algo, cfg, 4, 2, device="cpu")
