@@ -180,6 +180,31 @@ def test_ro2o_lambda_decays_offline_and_is_fixed_online():
     assert int(restored.schedule.updates) == 5 and bool(restored.schedule.online)
 
 
+def test_ro2o_lambda_meets_its_online_value_at_the_switch():
+    """Left at 0, the decay spans the loop's offline phase, so lambda does not jump when the run
+    goes online (a 100k-update decay cut at 5k updates jumped from 0.95 to 0.1, and Q with it)."""
+    from agent.finetune import FinetuneConfig
+    from agent.finetune.loop import _build_learner
+
+    cfg = FinetuneConfig(algo="ro2o", offline_steps=6)
+    cfg.ro2o.hidden_dims, cfg.ro2o.num_critics, cfg.ro2o.num_perturbations = [8], 2, 2
+    learner = _build_learner(cfg, OBS, ACT, "cpu", None)
+    assert learner.cfg.ood_lambda_updates == 6
+    learner.update(batch(k=6))
+    at_switch = learner.ood_lambda()
+    learner.start_online()
+    assert at_switch == pytest.approx(learner.ood_lambda()) == pytest.approx(cfg.ro2o.online_ood_lambda)
+    cfg.ro2o.ood_lambda_updates = 100  # an explicit length is kept
+    assert _build_learner(cfg, OBS, ACT, "cpu", None).cfg.ood_lambda_updates == 100
+
+
+def test_wsrl_target_entropy_scale():
+    assert WSRL(WSRLConfig(hidden_dims=[8], num_critics=2), OBS, ACT).target_entropy == -float(ACT)
+    assert WSRL(WSRLConfig(hidden_dims=[8], num_critics=2, target_entropy_scale=0.5), OBS, ACT).target_entropy == -ACT / 2
+    with pytest.raises(ValueError, match="target_entropy_scale must be positive, got 0"):
+        WSRL(WSRLConfig(hidden_dims=[8], num_critics=2, target_entropy_scale=0.0), OBS, ACT)
+
+
 def test_h2o_update_reports_discriminator_and_weight_statistics():
     torch.manual_seed(0)
     learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], model_dims=[8], omega_samples=3), OBS, ACT)

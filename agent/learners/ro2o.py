@@ -44,7 +44,8 @@ class RO2OConfig:
     ood_weight: float = option(0.1, "beta_ood: weight of the out-of-distribution term")
     ood_lambda_start: float = option(1.0, "lambda (std multiplier of the OOD target) at the first offline update")
     ood_lambda_end: float = option(0.1, "lambda after ood_lambda_updates offline updates")
-    ood_lambda_updates: int = option(100_000, "offline updates over which lambda decays linearly")
+    ood_lambda_updates: int = option(0, "offline updates over which lambda decays linearly; 0: the whole offline phase "
+                                        "(the loop's offline_steps), so that lambda meets online_ood_lambda at the switch")
     online_ood_lambda: float = option(0.1, "fixed lambda online")
     policy_smooth_weight: float = option(1.0, "beta_policy: weight of the policy smoothness term")
     online_regularizers: Literal["keep", "drop"] = option("keep", "online: keep the regularizers (paper) or drop them (released code)")

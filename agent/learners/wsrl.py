@@ -15,7 +15,8 @@ Critic, for each member e of E (10, LayerNorm, the authors' usual setting):
 Actor:  L_pi = E[ alpha log pi(a|s) - Q(s, a) ],  Q = min over all E members
         (ALGORITHMS.md); ``actor_reduce="mean"`` is REDQ's mean, which the SAC agent of
         the authors' robot release (wsrl-robot) also uses.
-Temperature: L_alpha = -E[ log alpha (log pi(a|s) + H_target) ],  H_target = -|A|.
+Temperature: L_alpha = -E[ log alpha (log pi(a|s) + H_target) ],  H_target = -scale |A|
+             (scale 1, SAC's; ``target_entropy_scale`` 0.5 is the wsrl-robot SAC agent's and RLPD's).
 
 UTD 4: a batch [K=4, B=256, ...] runs 4 critic (+ target) updates, then one actor and
 temperature update on the 4 minibatches concatenated.
@@ -46,6 +47,8 @@ class WSRLConfig:
     actor_layer_norm: bool = option(False, "LayerNorm in the actor (the pretrained CQL/Cal-QL actors have none)")
     target_subset: int = option(2, "members drawn at random whose min forms the target (REDQ)")
     actor_reduce: Literal["min", "mean"] = option("min", "actor loss over the ensemble: min or mean (REDQ)")
+    target_entropy_scale: float = option(1.0, "target entropy = -scale * |A| (1.0 as in SAC, 0.5 in the "
+                                                   "wsrl-robot release and RLPD)")
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target (WSRL does not)")
     actor_lr: float = option(1e-4, "actor learning rate")
     critic_lr: float = option(3e-4, "critic learning rate")
@@ -71,7 +74,10 @@ class WSRL(LearnerParts):
     def __init__(self, cfg: WSRLConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
         if not 1 <= cfg.target_subset <= cfg.num_critics:
             raise ValueError(f"target_subset must lie in [1, num_critics={cfg.num_critics}], got {cfg.target_subset}.")
-        build_sac_parts(self, cfg, obs_dim, act_dim, device, initial_alpha=1.0, actor_layer_norm=cfg.actor_layer_norm)
+        if not cfg.target_entropy_scale > 0:
+            raise ValueError(f"target_entropy_scale must be positive, got {cfg.target_entropy_scale}.")
+        build_sac_parts(self, cfg, obs_dim, act_dim, device, initial_alpha=1.0, actor_layer_norm=cfg.actor_layer_norm,
+                        target_entropy=-cfg.target_entropy_scale * float(act_dim))
 
     def load_pretrained(self, learner_state: dict) -> None:
         """Take networks, temperature, normalizer and optimizer moments from a Cal-QL/CQL
