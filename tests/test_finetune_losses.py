@@ -196,6 +196,9 @@ def test_ro2o_lambda_meets_its_online_value_at_the_switch():
     assert at_switch == pytest.approx(learner.ood_lambda()) == pytest.approx(cfg.ro2o.online_ood_lambda)
     cfg.ro2o.ood_lambda_updates = 100  # an explicit length is kept
     assert _build_learner(cfg, OBS, ACT, "cpu", None).cfg.ood_lambda_updates == 100
+    cfg.ro2o.ood_lambda_updates = -5
+    with pytest.raises(ValueError, match="ood_lambda_updates must be >= 0 .* got -5"):
+        _build_learner(cfg, OBS, ACT, "cpu", None)
 
 
 def test_wsrl_target_entropy_scale():

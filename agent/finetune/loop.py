@@ -200,7 +200,7 @@ def _build_learner(cfg: FinetuneConfig, obs_dim: int, act_dim: int, device: str,
     elif init_ckpt is not None:
         raise ValueError(f"--init holds a {init_ckpt['algo']!r} run; {cfg.algo} can start only from a {cfg.algo} run "
                          f"(or from scratch without --init).")
-    if cfg.algo == "ro2o" and algo_cfg.ood_lambda_updates <= 0:
+    if cfg.algo == "ro2o" and algo_cfg.ood_lambda_updates == 0:
         # lambda decays over the offline phase: a 100k-update decay cut short at 5k updates left lambda at 0.95,
         # and its drop to the online 0.1 at the switch made Q jump from 8 to 30 within 250 updates
         algo_cfg = replace(algo_cfg, ood_lambda_updates=max(cfg.offline_steps, 1))

@@ -112,6 +112,9 @@ class RO2O(LearnerParts):
     algo = "ro2o"
 
     def __init__(self, cfg: RO2OConfig, obs_dim: int, act_dim: int, device: str = "cpu"):
+        if cfg.ood_lambda_updates < 0:
+            raise ValueError(f"ood_lambda_updates must be >= 0 (0: the fine-tuning loop's offline phase), "
+                             f"got {cfg.ood_lambda_updates}.")
         build_sac_parts(self, cfg, obs_dim, act_dim, device)
         self.schedule = Schedule()  # host-side counters: read every update without a device sync
         self.parts["schedule"] = self.schedule
