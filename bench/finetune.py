@@ -334,7 +334,8 @@ def main() -> None:
         (RESULTS / png).write_bytes(Path(result["png"]).read_bytes())
         print(result["table"])
     print_rows(rows)
-    out = write_results(name, rows, merge=True, command="python bench/finetune.py" + (" --quick" if args.quick else " --gpu" if args.gpu else ""))
+    out = write_results(name, rows, merge=True, command="python bench/finetune.py" + (" --quick" if args.quick else " --gpu" if args.gpu else "")
+                        + (f" --task {args.task}" if args.task != "push" else ""))
     print(f"wrote {out} in {(time.time() - start) / 60:.1f} min")
 
 
