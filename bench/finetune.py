@@ -320,7 +320,7 @@ def main() -> None:
     for r in rows[1:]:
         r["detail"] += f"; online steps {s['online_steps']}, settings in the {rows[0]['name']} row"
     if rows:
-        rows[0]["detail"] += f"; online steps {s['online_steps']}; settings (stated for every row) {json.dumps(s)}"
+        rows[0]["detail"] += f"; {env}; online steps {s['online_steps']}; settings (stated for every row) {json.dumps(s)}"
     from agent.finetune.report import report
 
     main_runs = [runs[f"{p}-{seed}"]["run"] for p in ("wsrl", "calql", "sac", "rlpd", "ro2o") for seed in seeds
