@@ -5,7 +5,7 @@ and success, computed agent-side by the sims task code over :class:`robot.tasks.
 played on whatever arm answers on the ROS 2 topics: the simulated driver
 (``agent robot sim-driver``) or a physical arm under ros2_control.
 
-``step(action)``: an operator's action (``/agent/intervention``, fresh within
+``step(action)``: an operator's action (``/agent/intervention``, arrived within
 ``intervention_timeout``) replaces the policy's; the action becomes joint-position
 targets as in simulation; the :class:`robot.safety.SafetyLayer` clips or refuses them;
 the command goes out on the forward position controller's topic; the env then waits for
@@ -174,7 +174,12 @@ class RobotArmEnv(gymnasium.Env):
         """Take e-stop, operator and the newest state and pose into the env."""
         for msg in self._estop_sub.take():
             self.safety.set_estop(msg.data)
-        for operator_msg in self._operator_sub.take():
+        operator_msgs = self._operator_sub.take()
+        # an operator action is as fresh as its arrival, not as the step that takes it: the newest
+        # arrival (read after the take, so never older than what was taken) stamps the batch
+        newest = self._operator_sub.latest()
+        arrived = newest[1] if newest is not None else time.monotonic_ns()
+        for operator_msg in operator_msgs:
             action = np.asarray(operator_msg.data, np.float64)
             if self.safety.estop:
                 self.safety.counts["operator_ignored_estop"] += 1
@@ -183,7 +188,7 @@ class RobotArmEnv(gymnasium.Env):
                 self._set_status(self.status["state"], f"ignored an operator action on {self.topics['intervention']}: "
                                  f"expected 7 finite numbers in [-1, 1], found {action.tolist()}")
             else:
-                self._operator = (np.clip(action, -1.0, 1.0), time.monotonic_ns())
+                self._operator = (np.clip(action, -1.0, 1.0), arrived)
         latest = self._state_sub.latest()
         if latest is not None and latest[1] != self._state_ns:
             self._read_state(*latest)

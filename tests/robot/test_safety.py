@@ -217,6 +217,15 @@ def test_an_operator_action_replaces_the_policy_and_is_recorded(domain, tmp_path
             time.sleep(0.4)  # the operator's last action goes stale
             _, _, _, _, info = env.step(np.zeros(7))
             assert info["intervened"] is False
+            # an action that arrived while no step was taking messages is as old as its arrival:
+            # taken 0.4 s later it is stale, not fresh
+            received = env.unwrapped._operator_sub.received
+            operator.publisher("/agent/intervention", msgs.Float64MultiArray, RELIABLE).publish(
+                msgs.Float64MultiArray(data=takeover))
+            time.sleep(0.4)
+            assert env.unwrapped._operator_sub.received == received + 1  # it did arrive
+            _, _, _, _, info = env.step(np.zeros(7))
+            assert info["intervened"] is False
         finally:
             stop.set()
             operator.close()
