@@ -24,7 +24,8 @@ on ArmReach with arm-reach medium data. There Cal-QL's pretrained policy is far 
 than its data (75-87 against 25-45), the regime WSRL's bars assume; on arm push the data
 is as good as or better than every pretrained policy. It separates "WSRL does not work"
 from "this task and data are in the other regime"; it writes its own file
-(finetune.reach.json, finetune.reach.png).
+(finetune.reach.json, finetune.reach.png). ``--task reach --only h2o`` adds the H2O rows
+there (finetune_h2o.reach.png).
 """
 from __future__ import annotations
 
