@@ -46,8 +46,8 @@ sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must n
 
 from common import RESULTS, WORK, cached, iqm_ci, print_rows, row, write_results  # noqa: E402
 
-TASKS = {"push": ("sims/ArmPush-v0", "arm-push-medium.yaml"), "reach": ("sims/ArmReach-v0", "arm-reach-medium.yaml")}
-ENV = TASKS["push"][0]
+TASKS = {"push": "sims/ArmPush-v0", "reach": "sims/ArmReach-v0"}  # data: datasets/arm-<task>-medium.yaml
+ENV = TASKS["push"]
 GAP = ["gravity_scale=2.0"]
 GROUPS = ("wsrl", "calql", "sac", "rlpd", "ro2o", "h2o", "resume")
 CONTROL_GROUPS = ("wsrl", "calql", "sac")  # what --task reach runs by default
@@ -86,11 +86,10 @@ def collect_data(work: Path, s: dict, task: str = "push") -> dict:
     from agent.config import from_dict, load_yaml
 
     out = {}
-    recipe_file = TASKS[task][1]
     for name, episodes, seed in (("medium", s["episodes"], None), ("real", s["real_episodes"], 777)):
-        path = work / f"{recipe_file.rsplit('-', 1)[0]}-{name}.zarr"
+        path = work / f"arm-{task}-{name}.zarr"
         if not (path / "zarr.json").exists():
-            recipe = {**load_yaml(ROOT / "datasets" / recipe_file), "episodes": episodes, "out": str(path)}
+            recipe = {**load_yaml(ROOT / "datasets" / f"arm-{task}-medium.yaml"), "episodes": episodes, "out": str(path)}
             if seed is not None:
                 recipe["seed"] = seed
             collect(from_dict(CollectConfig, recipe), progress=False)
@@ -235,7 +234,7 @@ def main() -> None:
     s = QUICK if args.quick else GPU if args.gpu else CPU
     device = "cuda" if args.gpu else "cpu"
     name = "finetune.quick" if args.quick else "finetune.gpu" if args.gpu else "finetune"
-    env = TASKS[args.task][0]
+    env = TASKS[args.task]
     if args.task != "push":
         name = name.replace("finetune", f"finetune.{args.task}", 1)
     workers = args.workers or s["workers"]

@@ -174,12 +174,8 @@ class RobotArmEnv(gymnasium.Env):
         """Take e-stop, operator and the newest state and pose into the env."""
         for msg in self._estop_sub.take():
             self.safety.set_estop(msg.data)
-        operator_msgs = self._operator_sub.take()
-        # an operator action is as fresh as its arrival, not as the step that takes it: the newest
-        # arrival (read after the take, so never older than what was taken) stamps the batch
-        newest = self._operator_sub.latest()
-        arrived = newest[1] if newest is not None else time.monotonic_ns()
-        for operator_msg in operator_msgs:
+        # an operator action is as fresh as its arrival, not as the step that takes it
+        for operator_msg, arrived in self._operator_sub.take_stamped():
             action = np.asarray(operator_msg.data, np.float64)
             if self.safety.estop:
                 self.safety.counts["operator_ignored_estop"] += 1

@@ -2,7 +2,7 @@
 
 A subscription buffers what arrives (in whatever thread the transport receives on) and
 the control loop polls it: :meth:`Subscription.take` for every message since the last
-take, :meth:`Subscription.latest` for the newest one and when it arrived,
+take (:meth:`Subscription.take_stamped` with their arrival times), :meth:`Subscription.latest` for the newest one and when it arrived,
 :meth:`Subscription.wait` to block until something new is there. Polling keeps the
 control loop in charge of its own timing; no user code runs in a middleware thread.
 """
@@ -101,7 +101,7 @@ class Subscription(Generic[M]):
         """Messages delivered so far (including those dropped from a full queue)."""
         self.dropped = 0
         """Messages pushed out of the queue before anyone took them."""
-        self._queue: collections.deque[M] = collections.deque()
+        self._queue: collections.deque[tuple[M, int]] = collections.deque()
         self._latest: tuple[M, int] | None = None
         self._cond = threading.Condition()
 
@@ -113,13 +113,17 @@ class Subscription(Generic[M]):
             if len(self._queue) == self.qos.depth:
                 self._queue.popleft()
                 self.dropped += 1
-            self._queue.append(msg)
+            self._queue.append((msg, stamp))
             self._latest = (msg, stamp)
             self.received += 1
             self._cond.notify_all()
 
     def take(self) -> list[M]:
         """All messages received since the last take, oldest first (at most ``qos.depth``)."""
+        return [msg for msg, _ in self.take_stamped()]
+
+    def take_stamped(self) -> list[tuple[M, int]]:
+        """As :meth:`take`, each message with its ``time.monotonic_ns()`` arrival time."""
         with self._cond:
             taken = list(self._queue)
             self._queue.clear()
