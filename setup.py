@@ -1,7 +1,7 @@
 """ament_python glue: what `colcon build` installs besides the Python packages.
 
 Package metadata, dependencies and the `agent` console script live in pyproject.toml;
-this file only adds the ROS 2 layout (ROS2.md, Packaging):
+this file only adds the ROS 2 layout (docs/ros2.md, Packaging):
 
 - share/ament_index/resource_index/packages/agent (the package marker),
 - share/agent/package.xml, share/agent/launch/*.launch.py, share/agent/config/*.yaml,

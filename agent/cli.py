@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import add_flags, load_yaml, resolve
+from agent.optional import MissingDependency
 
 
 def _add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the registered augmentations, guides and filters, then exit")
 
     p = sub.add_parser("robot", help="the ROS 2 bridge: serve the simulated arm",
-                       description="Commands of the ROS 2 bridge (ROS2.md).")
+                       description="Commands of the ROS 2 bridge (docs/ros2.md).")
     robot_sub = p.add_subparsers(dest="robot_command", required=True, metavar="ROBOT_COMMAND")
     # listed here for --help; main() hands its flags to robot.driver, imported only when it runs
     robot_sub.add_parser("sim-driver", help="serve the simulated arm over ROS 2 topics (ros2_control style); "
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ConnectionError) as exc:  # ConnectionError: an unreachable robot
+    except (ValueError, FileNotFoundError, ConnectionError, MissingDependency) as exc:  # ConnectionError: an unreachable robot
         if os.environ.get("AGENT_DEBUG"):
             raise
         print(f"agent {args.command}: error: {exc}", file=sys.stderr)

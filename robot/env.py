@@ -134,7 +134,7 @@ class RobotArmEnv(gymnasium.Env):
         self._last_stamp_ns = -1
         self.missed_ticks = 0
         self.status: dict = {"state": "created", "message": ""}
-        # recording: one MCAP bag per episode under <record_dir>/recordings/ (ROS2.md, Recording)
+        # recording: one MCAP bag per episode under <record_dir>/recordings/ (docs/ros2.md, Recording)
         self.record_dir, self.record_typestore = str(record_dir or ""), record_typestore
         if self.record_dir and record_typestore not in ("humble", "jazzy"):
             raise ValueError(f"record_typestore must be 'humble' or 'jazzy' for {self.env_id}, found {record_typestore!r}.")

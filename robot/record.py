@@ -1,4 +1,4 @@
-"""Recording a robot run to an MCAP rosbag (ROS2.md, "Recording").
+"""Recording a robot run to an MCAP rosbag (docs/ros2.md, "Recording").
 
 A :class:`Recorder` writes ROS 2 messages with rosbags' rosbag2 writer and its MCAP
 storage, so ``ros2 bag info/play`` and Foxglove open the result. A rosbag2 bag is a

@@ -1,4 +1,4 @@
-"""Actor and learner in separate processes (ROS2.md, "Timing"): transitions reach the
+"""Actor and learner in separate processes (docs/ros2.md, "Timing"): transitions reach the
 store whole and with lineage, the actor acts with ever newer weights, a slow learner
 lags without slowing the 50 Hz control loop, and either process dying or SIGINT stops
 the other cleanly with one line."""

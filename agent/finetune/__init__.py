@@ -4,7 +4,7 @@
 * :mod:`agent.finetune.data` -- the online buffer and the [K, B] batch source.
 * :mod:`agent.finetune.loop` -- :func:`run` (the loop) and :func:`finetune` (set-up, resume).
 * :mod:`agent.finetune.actor_learner` -- the same with actor and learner in separate
-  processes (``actor_learner: true``; ROS2.md, "Timing").
+  processes (``actor_learner: true``; docs/ros2.md, "Timing").
 * :mod:`agent.finetune.diagnostics` -- evaluation with Q calibration, held-out TD error.
 * :mod:`agent.finetune.report` -- learning curves and a markdown table across runs.
 """

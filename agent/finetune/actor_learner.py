@@ -1,5 +1,5 @@
 """``agent finetune --actor-learner``: the actor and the learner in separate processes
-(ROS2.md, "Timing").
+(docs/ros2.md, "Timing").
 
 The **actor** (a child process: a fresh interpreter) owns the env. It acts with a CPU
 copy of the policy on a tick schedule (``control_rate`` Hz, absolute deadlines, no

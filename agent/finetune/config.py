@@ -45,7 +45,7 @@ class FinetuneConfig:
     heldout_fraction: float = option(0.05, "share of the offline episodes held out for the TD-error diagnostic")
     seed: int = option(0, "seed for networks, sampling and episode resets")
     device: str = option("cpu", "torch device: cpu, cuda, or auto")
-    actor_learner: bool = option(False, "run the actor (env, control loop) and the learner in separate processes (ROS2.md, Timing)")
+    actor_learner: bool = option(False, "run the actor (env, control loop) and the learner in separate processes (docs/ros2.md, Timing)")
     control_rate: float = option(20.0, "actor-learner: the actor's control rate in Hz; 0 leaves pacing to the env (sims run unpaced, robot envs pace themselves)")
     weight_push_seconds: float = option(1.0, "actor-learner: the learner pushes new actor weights this often (seconds); the actor swaps them between steps")
     wsrl: WSRLConfig = section(WSRLConfig, "WSRL settings")

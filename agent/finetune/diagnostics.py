@@ -1,4 +1,4 @@
-"""What every fine-tuning run logs besides its losses (ALGORITHMS.md, "Diagnostics"):
+"""What every fine-tuning run logs besides its losses (docs/algorithms.md, "Diagnostics"):
 evaluation return and normalized score of the deterministic policy, Q calibration on
 the states it visits, and the TD error on held-out offline data (unlearning shows up
 there first)."""

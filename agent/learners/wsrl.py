@@ -13,7 +13,7 @@ Critic, for each member e of E (10, LayerNorm, the authors' usual setting):
     M: 2 members drawn at random each update (REDQ); no entropy term in the target
        (``backup_entropy`` switches it on).
 Actor:  L_pi = E[ alpha log pi(a|s) - Q(s, a) ],  Q = min over all E members
-        (ALGORITHMS.md); ``actor_reduce="mean"`` is REDQ's mean, which the SAC agent of
+        (docs/algorithms.md); ``actor_reduce="mean"`` is REDQ's mean, which the SAC agent of
         the authors' robot release (wsrl-robot) also uses.
 Temperature: L_alpha = -E[ log alpha (log pi(a|s) + H_target) ],  H_target = -scale |A|
              (scale 1, SAC's; ``target_entropy_scale`` 0.5 is the wsrl-robot SAC agent's and RLPD's).

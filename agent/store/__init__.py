@@ -1,4 +1,4 @@
-"""The zarr-backed demonstration store (layout: shared DATA.md)."""
+"""The zarr-backed demonstration store (layout: docs/store.md)."""
 from agent.store.cache import ImageFrames, TransitionCache, load_transitions
 from agent.store.fsck import fsck
 from agent.store.sampler import Sampler

@@ -1,4 +1,4 @@
-"""The demonstration store: one zarr v3 group per dataset (layout in shared DATA.md).
+"""The demonstration store: one zarr v3 group per dataset (layout in docs/store.md).
 
 ::
 

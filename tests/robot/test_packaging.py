@@ -1,4 +1,4 @@
-"""The repository as the ament_python package `agent` (ROS2.md, Packaging).
+"""The repository as the ament_python package `agent` (docs/ros2.md, Packaging).
 
 `colcon build` (colcon-core and colcon-ros from PyPI, no ROS installation) must produce
 the layout `ros2 launch agent finetune.launch.py` and `ros2 run agent ...` rely on; the
