@@ -1,6 +1,6 @@
 """Optional dependencies: imported where they are used, with a one-sentence hint when missing.
 
-``require("h5py", "io", "read a D4RL file")`` returns the module, or raises
+``require("h5py", "reading a D4RL file")`` returns the module, or raises
 :class:`MissingDependency` naming the extra that installs it.
 """
 from __future__ import annotations
@@ -15,12 +15,8 @@ EXTRAS = {
     "pyarrow.parquet": "io",
     "pyarrow.dataset": "io",
     "fsspec": "io",
-    "minari": "io",
-    "matplotlib": "bench",
-    "matplotlib.pyplot": "bench",
     "rliable": "bench",
     "icechunk": "bench",
-    "ray": "ray",
 }
 
 

@@ -1,4 +1,4 @@
-"""Guided data augmentation bars (issue 8).
+"""Guided data augmentation bars (docs/benchmarks.md).
 
     python bench/augment.py                   # all rows: 5 seeds of the learning comparison
     python bench/augment.py --quick           # 2 seeds, shorter training (writes augment.quick.json)
@@ -12,7 +12,7 @@ Rows:
 * augment_guide_learned_filter_throughput -- transitions/s through augmentation
   (rotate, reflect, translate_goal, relabel_goal), the reach guide and the dynamics-
   ensemble filter on one CPU thread, 10-step segments of ArmReach demos. An absolute
-  rate, as the issue states its bar; the machine is named in the results file.
+  rate, as its bar is stated; the machine is named in the results file.
 * sim_replay_throughput -- the simulator replay filter alone, reported separately.
 * <algo>_guided_vs_raw, <algo>_guided_vs_random (bc, iql) -- from 5 expert demos
   of ArmReach (the scripted expert with action noise 0.1, as in the project's expert

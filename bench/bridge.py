@@ -1,4 +1,4 @@
-"""ROS 2 bridge bars (issue 7): latency, control-loop timing, and learning parity.
+"""ROS 2 bridge bars (docs/benchmarks.md): latency, control-loop timing, and learning parity.
 
     python bench/bridge.py                      # all rows: ~2 min of timing, then the parity runs (~1 h on 2 cores)
     python bench/bridge.py --only latency,ticks # the timing rows alone (~2 min)

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: results files in the BENCH.md format, resumable
+"""Shared pieces of the benchmarks: results files in the format of docs/benchmarks.md, resumable
 per-seed work, IQM with bootstrap confidence intervals, machine description."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Online fine-tuning bars (issue 6), measured on the arm push task.
+"""Online fine-tuning bars (docs/benchmarks.md), measured on the arm push task.
 
     python bench/finetune.py            # CPU-sized settings, about 2 h on 2 cores (seeds in parallel)
     python bench/finetune.py --quick    # a few minutes: tiny sizes, 1 seed; checks the pipeline, not the bars
@@ -19,7 +19,7 @@ Each finished run is cached under bench/results/_work/finetune[.quick]/ and each
 run directory is resumed if the bench is killed. Curves: bench/results/finetune.png,
 finetune_h2o.png.
 
-``--task reach`` is a control, not an issue bar: the same settings and the same WSRL rows
+``--task reach`` is a control, not one of the bars: the same settings and the same WSRL rows
 on ArmReach with arm-reach medium data. There Cal-QL's pretrained policy is far better
 than its data (75-87 against 25-45), the regime WSRL's bars assume; on arm push the data
 is as good as or better than every pretrained policy. It separates "WSRL does not work"
@@ -59,7 +59,7 @@ CONTROL_GROUPS = ("wsrl", "calql", "sac")  # what --task reach runs by default
 # 5,500 updates; at 3e-3 the entropy stayed at its target and the score held; RO2O's
 # offline phase of 3,000 updates at its 3e-4 left alpha at 0.4 and the policy near uniform).
 # RO2O's ensemble is cut to 5 critics and RLPD's to 2 (both 10 in the papers and --gpu).
-# RO2O keeps the offline data online on CPU (50/50 batches, "ro2o_offline_ratio"; ALGORITHMS.md drops
+# RO2O keeps the offline data online on CPU (50/50 batches, "ro2o_offline_ratio"; the paper drops
 # it, as --gpu does): after 5,000 offline updates with 5 critics its own policy is far below the
 # data (offline start IQM 6.1 with a 100k-update lambda decay, -1.6 with the decay over the offline
 # phase), and with the data dropped it stayed near 0 online under either schedule (final IQM 0.9
@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
     parser.add_argument("--gpu", action="store_true", help="the authors' sizes on a CUDA device (writes finetune.gpu.json)")
     parser.add_argument("--task", choices=sorted(TASKS), default="push",
-                        help="push: the issue's bars; reach: the control run on ArmReach (its own results file)")
+                        help="push: the bars; reach: the control run on ArmReach (its own results file)")
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default 2 on CPU)")
     parser.add_argument("--only", default="", help=f"comma-separated groups to run now ({', '.join(GROUPS)}); "
                         "default all. Rows are written for groups whose seeds are all finished, merged into the results file")

@@ -1,4 +1,4 @@
-"""Foundation bars (issue 2): BC on the default task's expert data, the demo, bad input.
+"""Foundation bars (docs/benchmarks.md): BC on the default task's expert data, the demo, bad input.
 
     python bench/foundation.py            # full: 3 seeds, demo, bad-input checks
     python bench/foundation.py --quick    # a short version (1 seed, fewer updates)
@@ -78,7 +78,7 @@ def plot_curves(results: list[dict], path: Path) -> None:
 
 
 def bad_inputs(work: Path, store: Path) -> tuple[int, int, list[str]]:
-    """Run the five refusals of the issue through the CLI; count one-line, non-zero exits."""
+    """Run the five bad-input refusals through the CLI; count one-line, non-zero exits."""
     import numpy as np
     import zarr
 

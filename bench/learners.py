@@ -1,4 +1,4 @@
-"""Learner speed bars (issue 5), ratios measured side by side in one run.
+"""Learner speed bars (docs/benchmarks.md), ratios measured side by side in one run.
 
     python bench/learners.py           # full
     python bench/learners.py --quick   # fewer repetitions

@@ -1,4 +1,4 @@
-"""GPU rows of the learners bench (issue 5): the graph-captured K-update against our eager
+"""GPU rows of the learners bench (docs/benchmarks.md): the graph-captured K-update against our eager
 update, and IQL / 10-critic SAC-N updates per second on the card.
 
     python bench/learners_gpu.py                  # merges its rows into bench/results/learners.json

@@ -1,4 +1,4 @@
-"""Bars of the simulator issue: expert success, medium datasets' scores, env throughput.
+"""Bars of the simulated tasks (docs/benchmarks.md): expert success, medium datasets' scores, env throughput.
 
     python bench/sims.py            # 100 expert episodes per task, the full medium recipes
     python bench/sims.py --quick    # 20 episodes, 40-episode medium datasets

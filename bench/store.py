@@ -1,4 +1,4 @@
-"""Bars of the demonstration store (issue 4): sampling speed against a plain numpy
+"""Bars of the demonstration store (docs/benchmarks.md): sampling speed against a plain numpy
 gather, write amplification of one-at-a-time appends, open time and memory of a
 1M-transition store, crash safety under SIGKILL, and Icechunk against our own commit
 record.

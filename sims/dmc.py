@@ -8,8 +8,11 @@ time limit (discount 1) is ``truncated``.
 ``info["sim_state"]`` restores the physics exactly through :meth:`DMCEnv.set_sim_state`:
 ``physics`` is MuJoCo's full integration state (time, qpos, qvel, act, warm start,
 controls, applied forces, mocap), ``task`` holds the model entries that the task
-randomizes at episode start (the reacher's target position, for example), and
-``action_queue`` the pending actions when ``action_latency_steps`` is set.
+randomizes at episode start (the reacher's target position, for example),
+``task_seed`` the seed the task drew its episode from (restoring a state of another
+episode re-runs the task's episode set-up with it, which also restores what ``task``
+does not hold: a heightfield's terrain, actuator gains, the task's own attributes),
+and ``action_queue`` the pending actions when ``action_latency_steps`` is set.
 
 Dynamics-gap keyword arguments (``gravity_scale``, ``mass_scale``, ...; see
 :mod:`sims.gaps`) are applied to the live model when the env is created.
@@ -67,6 +70,7 @@ class DMCEnv(Env):
         model = self._env.physics.model
         self._pristine = {f: getattr(model, f).copy() for f in _TASK_MODEL_FIELDS}
         self._task_rows: list[tuple[str, np.ndarray]] | None = None
+        self._task_seed = -1  # the seed of the episode the model holds now
         self._success = success_fn(self.env_id)
         self.defines_success = self._success is not None
 
@@ -87,12 +91,9 @@ class DMCEnv(Env):
     # -- gymnasium API ---------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None or not getattr(self, "_task_seeded", False):
-            # The task draws its initial state from its own RandomState; derive it
-            # from gymnasium's seeded generator so reset(seed=s) fixes the episode.
-            self._env.task._random = np.random.RandomState(int(self.np_random.integers(2**31)))
-            self._task_seeded = True
-        ts = self._env.reset()
+        # The task draws its episode from its own RandomState; one seed per episode, drawn
+        # from gymnasium's seeded generator, fixes the episode and lets set_sim_state redo it.
+        ts = self._start_task_episode(int(self.np_random.integers(2**31)))
         self.channel.reset()
         if self._task_rows is None:
             self._task_rows = self._find_randomized_rows()
@@ -119,6 +120,11 @@ class DMCEnv(Env):
         self._env.close()
 
     # -- exact state save / restore --------------------------------------------------
+    def _start_task_episode(self, task_seed: int):
+        self._env.task._random = np.random.RandomState(task_seed)
+        self._task_seed = task_seed
+        return self._env.reset()
+
     def _find_randomized_rows(self) -> list[tuple[str, np.ndarray]]:
         model = self.physics.model
         rows = []
@@ -133,7 +139,8 @@ class DMCEnv(Env):
         state = np.empty(mujoco.mj_stateSize(model.ptr, _STATE_SPEC), np.float64)
         mujoco.mj_getState(model.ptr, data.ptr, state, _STATE_SPEC)
         task = [getattr(model, f)[rows].ravel() for f, rows in (self._task_rows or [])]
-        out = {"physics": state, "task": np.concatenate(task) if task else np.zeros(0)}
+        out = {"physics": state, "task": np.concatenate(task) if task else np.zeros(0),
+               "task_seed": np.array([float(self._task_seed)])}
         if self.gap.action_latency_steps:
             out["action_queue"] = self.channel.state()
         return out
@@ -152,6 +159,10 @@ class DMCEnv(Env):
             raise ValueError(f"{self.env_id} sim_state['physics'] must have shape ({expected},), got {physics.shape}.")
         if self._task_rows is None:
             self.reset()
+        if "task_seed" in sim_state:  # states saved before this key restore the task rows alone
+            task_seed = int(np.asarray(sim_state["task_seed"], np.float64).ravel()[0])
+            if task_seed >= 0 and task_seed != self._task_seed:
+                self._start_task_episode(task_seed)  # redraws the episode's model and task attributes
         offset, task = 0, np.asarray(sim_state.get("task", np.zeros(0)), np.float64)
         for field, rows in self._task_rows:
             block = getattr(model, field)[rows]

@@ -11,17 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-_PATH = Path(__file__).with_name("reference_returns.json")
+_NAME = "reference_returns.json"
+_PATH = Path(__file__).with_name(_NAME)  # where --measure writes: a source checkout
 SUITE_MAX_RETURN = 1000.0
 
 
 def _table() -> dict:
-    return json.loads(_PATH.read_text()) if _PATH.exists() else {}
+    # read as package data, so an installed wheel finds the table it ships
+    table = resources.files("sims").joinpath(_NAME)
+    return json.loads(table.read_text()) if table.is_file() else {}
 
 
 def reference_returns(env_id: str) -> tuple[float, float] | None:

@@ -94,7 +94,7 @@ def test_refused_maps_give_reasons(expert_data):
 
 @pytest.mark.parametrize("env_id", ["sims/ArmReach-v0", "sims/ArmPush-v0"])
 def test_validity_filter_accepts_true_and_rejects_corrupted_transitions(expert_data, env_id):
-    """The issue's bar: >= 99% of true transitions accepted, >= 99% of corrupted rejected."""
+    """The augmentation bench's bar: >= 99% of true transitions accepted, >= 99% of corrupted rejected."""
     env, _, segments = expert_data[env_id]
     replay = _replay(env_id)
     rng = np.random.default_rng(1)

@@ -93,3 +93,34 @@ def test_bad_actions_are_refused():
         env.step(np.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         env.step(np.array([np.nan, 0.0]))
+
+
+@pytest.mark.parametrize("env_id,field", [("dmc/point_mass-hard-v0", "wrap_prm"), ("dmc/quadruped-escape-v0", "hfield_data")])
+def test_sim_state_restores_what_the_task_draws_outside_its_model_rows(env_id, field):
+    # point_mass-hard draws its actuator gains, quadruped-escape its terrain: the task seed redraws them
+    env = make_env(env_id)
+    env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    _, _, _, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+    saved, drawn = info["sim_state"], getattr(env.unwrapped.physics.model, field).copy()
+    actions = rng.uniform(-1, 1, (5,) + env.action_space.shape)
+    first = [env.step(a)[0] for a in actions]
+    other = make_env(env_id)
+    other.reset(seed=2)
+    assert not np.array_equal(getattr(other.unwrapped.physics.model, field), drawn)
+    other.unwrapped.set_sim_state(saved)
+    np.testing.assert_array_equal(getattr(other.unwrapped.physics.model, field), drawn)
+    for a, want in zip(actions, first):
+        np.testing.assert_array_equal(other.step(a)[0], want)
+
+
+def test_sim_state_saved_without_a_task_seed_still_restores_the_task_rows():
+    # states in stores written before the task seed was kept: the target rows alone place the reacher's target
+    env = make_env("dmc/reacher-hard-v0")
+    env.reset(seed=1)
+    _, _, _, _, info = env.step(np.zeros(2))
+    saved = {k: v for k, v in info["sim_state"].items() if k != "task_seed"}
+    want = env.step(np.full(2, 0.5))[0]
+    env.reset(seed=2)
+    env.unwrapped.set_sim_state(saved)
+    np.testing.assert_array_equal(env.step(np.full(2, 0.5))[0], want)

@@ -139,3 +139,57 @@ def test_sim_state_round_trip(tmp_path, rng):
     missing = make_episode(rng, 5)
     with pytest.raises(ValueError, match="sim_state/physics"):
         store.append_episode(missing)
+
+
+# zero-element rows of several shapes: zarr writes no chunk files for them at all
+ZERO_WIDTH = {"task": 0, "grid": (3, 0), "wide": (0, 4)}
+
+
+def test_zero_width_arrays_append_reopen_fsck_read_and_sample(tmp_path, rng):
+    from agent.store import Sampler, fsck
+
+    def episode(length):
+        ep = make_episode(rng, length, end="terminated" if length % 2 else "truncated")
+        ep["sim_state/physics"] = rng.normal(size=(length, 4))
+        for name, dim in ZERO_WIDTH.items():
+            ep[f"sim_state/{name}"] = np.zeros((length, *np.atleast_1d(dim)))
+        ep["images/flat"], ep["final_images/flat"] = np.zeros((length, 2, 0, 3), np.uint8), np.zeros((2, 0, 3), np.uint8)
+        return ep
+
+    path = tmp_path / "s.zarr"
+    episodes = [episode(n) for n in (5, 600, 7)]  # the second crosses a 512-row chunk boundary
+    with new_store(path, sim_state_dims={"physics": 4, **ZERO_WIDTH}, image_shapes={"flat": (2, 0, 3)}) as store:
+        store.append_episode(episodes[0])
+        store.append_episode(episodes[1])
+    report = fsck(path)
+    assert report["clean"] and not report["problems"], report
+    with Store.open(path, mode="a") as store:  # a second writer session appends to the reopened store
+        store.append_episode(episodes[2])
+    assert fsck(path)["clean"] and fsck(path, repair=False)["clean"]
+
+    store = Store.open(path)
+    steps = sum(len(e["obs"]) for e in episodes)
+    assert store.num_episodes == 3 and store.num_steps == steps
+    for name, dim in ZERO_WIDTH.items():
+        assert store.read(f"data/sim_state/{name}").shape == (steps, *np.atleast_1d(dim))
+    assert store.read("data/images/flat").shape == (steps, 2, 0, 3)
+    assert store.read("final_obs/images/flat").shape == (3, 2, 0, 3)
+    for i, want in enumerate(episodes):
+        got = store.episode(i)
+        for key in ["obs", "action", "reward", "sim_state/physics", *(f"sim_state/{n}" for n in ZERO_WIDTH), "images/flat"]:
+            assert got[key].shape == want[key].shape, key
+            np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_array_equal(store.read("data/sim_state/physics"),
+                                  np.concatenate([e["sim_state/physics"] for e in episodes]))
+
+    cache = load_transitions(store)
+    sampler = Sampler(cache, seed=0)
+    batch = sampler.transitions(8, images=True)
+    assert batch["obs"].shape == (8, 3) and batch["images/flat"].shape == (8, 2, 0, 3)
+    assert sampler.windows(4, 3, images=True)["next_images/flat"].shape == (4, 3, 2, 0, 3)
+
+
+def test_sim_state_sizes_must_not_be_negative(tmp_path):
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        new_store(tmp_path / "s.zarr", sim_state_dims={"task": -1})
+    assert not (tmp_path / "s.zarr").exists()  # a refused layout leaves no directory (and no held lock) behind

@@ -29,7 +29,9 @@ def test_d4rl_layout_episodes_from_terminals_timeouts_and_discontinuities(tmp_pa
         f["rewards"], f["terminals"], f["timeouts"] = np.arange(12.0), terminals, timeouts
         f["infos/qpos"] = rng.normal(size=(12, 4))
     result = import_dataset("d4rl", tmp_path / "d.hdf5", tmp_path / "s.zarr", quality="medium")
-    assert result["notes"] == {"both_flags": 1, "split_at_discontinuity": 1, "dropped_last_steps": 0, "dropped_episodes": 0}
+    counts = {k: result["notes"][k] for k in ("both_flags", "split_at_discontinuity", "dropped_last_steps", "dropped_episodes")}
+    assert counts == {"both_flags": 1, "split_at_discontinuity": 1, "dropped_last_steps": 0, "dropped_episodes": 0}
+    assert result["notes"]["success"].startswith("not recorded") and result["warnings"] == []
     store = Store.open(tmp_path / "s.zarr")
     np.testing.assert_array_equal(store.episode_ends(), [4, 7, 9, 12])
     assert store.episode(0)["terminated"][-1] and store.episode(1)["truncated"][-1] and store.episode(3)["terminated"][-1]
@@ -87,7 +89,7 @@ def test_d4rl_export_then_import_is_identical(tmp_path, rng):
 def test_robomimic_layout(tmp_path, rng):
     with h5py.File(tmp_path / "r.hdf5", "w") as f:
         data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "env_kwargs": {"control_freq": 20}})
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "env_kwargs": {"control_freq": 20, "reward_shaping": False}})
         data.attrs["total"] = 11
         lengths = {"demo_0": 5, "demo_1": 6}
         for name, t in lengths.items():
@@ -218,8 +220,10 @@ def test_zarr_v2_object_arrays_are_refused_before_anything_is_unpickled(tmp_path
                                                         "compressor": None, "fill_value": None, "filters": None, **meta}))
     (root / ".zgroup").write_text('{"zarr_format": 2}')
     (root / "data" / "state" / "0").write_bytes(b"\x80\x04cos\nsystem\n")  # would run code if unpickled
-    with pytest.raises(ValueError, match="data/state has dtype '\\|O'; only numeric arrays are imported"):
+    with pytest.raises(ValueError, match="data/state: dtype '\\|O' is not numeric"):
         import_dataset("zarr_v2", root, tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match="data/state has dtype '\\|O'; only numeric arrays are imported"):
+        import_dataset("zarr_v2", root, tmp_path / "s.zarr", obs_keys=["state"])
 
 
 def test_store_reads_through_fsspec_urls(tmp_path, rng):

@@ -35,6 +35,7 @@ is an error, not a silent wrong value.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -113,10 +114,18 @@ def _space_to_json(space) -> dict:
     return {"shape": list(space.shape), "dtype": str(space.dtype), "low": bound(space.low), "high": bound(space.high)}
 
 
+@functools.cache
+def _installed_version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def software_versions() -> dict[str, str]:
-    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in metadata.distributions()}
+    # looked up by name: scanning every installed distribution costs a third of a second per store
     wanted = ("agent", "numpy", "zarr", "mujoco", "dm-control", "gymnasium", "torch")
-    return {pkg: installed[pkg] for pkg in wanted if pkg in installed}
+    return {pkg: v for pkg in wanted if (v := _installed_version(pkg)) is not None}
 
 
 def _digest(obj) -> str:
@@ -148,13 +157,15 @@ class Store:
     def create(cls, path: str | Path, *, env_id: str, observation_space, action_space,
                control_rate: float | None = None, env_kwargs: dict | None = None,
                reference_returns: tuple[float, float] | None = None,
-               sim_state_dims: dict[str, int] | None = None,
+               sim_state_dims: dict[str, int | tuple[int, ...]] | None = None,
                image_shapes: dict[str, tuple[int, ...]] | None = None,
                extra_attrs: dict | None = None) -> "Store":
         """A new, empty store at ``path`` (a local directory), open for writing.
 
-        ``image_shapes`` maps camera names to (H, W, C) uint8 frames, stored one frame
-        per chunk under ``data/images/<camera>``.
+        ``sim_state_dims`` maps state names to their per-step size (an int, or a row
+        shape); a size of 0 is allowed (a task with nothing to restore) and stores no
+        chunk files. ``image_shapes`` maps camera names to (H, W, C) uint8 frames,
+        stored one frame per chunk under ``data/images/<camera>``.
         """
         location = location_for(path, writable=True)
         if not isinstance(location, LocalLocation):
@@ -162,8 +173,6 @@ class Store:
         root_path = location.root
         if root_path.exists() and any(root_path.iterdir()):
             raise ValueError(f"cannot create a store at {str(root_path)!r}: the directory exists and is not empty.")
-        root_path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(root_path).acquire()
         obs_dim = int(np.prod(observation_space.shape))
         act_dim = int(np.prod(action_space.shape))
         arrays: dict[str, dict] = {
@@ -176,7 +185,10 @@ class Store:
             "meta/episode_ends": {"dtype": "int64", "row": [], "per": "episode"},
         }
         for name, dim in (sim_state_dims or {}).items():
-            arrays[f"data/sim_state/{name}"] = {"dtype": "float64", "row": [int(dim)]}
+            row = [int(d) for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+            if any(d < 0 for d in row):
+                raise ValueError(f"sim_state {name!r}: sizes must be >= 0, got {tuple(row)}.")
+            arrays[f"data/sim_state/{name}"] = {"dtype": "float64", "row": row}
         for cam, shape in (image_shapes or {}).items():
             if len(shape) != 3:
                 raise ValueError(f"image {cam!r}: shape must be (H, W, C), got {tuple(shape)}.")
@@ -185,6 +197,8 @@ class Store:
                                                  "per": "episode"}
         for name, dtype in _EPISODE_COLUMNS.items():
             arrays[f"meta/episodes/{name}"] = {"dtype": _dtype_name(dtype), "row": [], "per": "episode"}
+        root_path.mkdir(parents=True, exist_ok=True)  # after every check: a refused layout leaves nothing behind
+        lock = WriterLock(root_path).acquire()
         try:
             root = zarr.create_group(location.zarr_store, zarr_format=3)
             root.attrs.update({
@@ -645,6 +659,8 @@ def _check_array(location, key: str, spec: dict, layout: dict, commit: dict, whe
     if shape[0] < length:
         raise ValueError(f"store {where!r} is damaged: {key} has {shape[0]} rows but the commit record says "
                          f"{length} were committed.")
+    if math.prod(shape[1:]) == 0:
+        return  # rows of zero elements: zarr stores no chunk files for a zero-size chunk grid
     rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
     present = location.chunk_indices(key)
     needed = math.ceil(length / rows)
@@ -674,6 +690,8 @@ def _read_rows(store: Store, key: str, length: int, out: np.ndarray | None) -> n
         out = np.empty(shape, dtype=arr.dtype)
     elif out.shape != shape or out.dtype != arr.dtype:
         raise ValueError(f"store {store.path!r}: buffer for {key} is {out.dtype} {out.shape}, expected {arr.dtype} {shape}.")
+    if math.prod(shape[1:]) == 0:
+        return out  # rows of zero elements hold no values and have no chunk files to read
     codecs = [dict(c) for c in arr.metadata.to_dict()["codecs"]]
     if codecs and codecs[0].get("name") == "bytes" and arr.dtype.itemsize == 1:
         codecs[0] = _BYTES  # one-byte types carry no endianness

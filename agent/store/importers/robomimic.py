@@ -6,13 +6,17 @@ import json
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from agent.store.importers.common import ImportedDataset, ImportedEpisode, check_numeric
+from agent.optional import require
+from agent.store.importers.common import (ROLE_OBSERVATION, SKIP_REASONS, ImportedDataset, ImportedEpisode,
+                                          check_numeric, key_role)
+
+_DEMO_PARTS = ("obs", "next_obs", "actions", "rewards", "dones", "states")
 
 
 def read_robomimic(src: Path, obs_keys: list[str] | None = None, **_) -> ImportedDataset:
+    h5py = require("h5py", "reading a robomimic file")
     where = f"robomimic file {str(src)!r}"
     try:
         f = h5py.File(src, "r")
@@ -38,11 +42,35 @@ def read_robomimic(src: Path, obs_keys: list[str] | None = None, **_) -> Importe
         first = data[demos[0]]
         if "obs" not in first:
             raise ValueError(f"{where}: {demos[0]} has no obs group.")
-        # low-dimensional keys: (T, d) or (T,) numbers; camera frames are skipped
-        keys = obs_keys or sorted(k for k, ds in first["obs"].items() if ds.ndim <= 2 and ds.dtype.kind in "fiub")
-        missing = [k for k in keys if k not in first["obs"]]
+        missing = [k for k in obs_keys or [] if k not in first["obs"]]
         if missing:
             raise ValueError(f"{where}: obs key(s) {missing} not in {demos[0]}/obs (has {sorted(first['obs'])}).")
+        # low-dimensional keys that name-rules take for observations: (T, d) or (T,) numbers
+        keys, skipped = [], {}
+        for k, ds in first["obs"].items():
+            role = key_role(k)
+            if obs_keys:
+                why = "" if k in obs_keys else "not in --obs-keys"
+            elif role != ROLE_OBSERVATION:
+                why = SKIP_REASONS[role]
+            elif not (ds.ndim <= 2 and ds.dtype.kind in "fiub"):
+                why = f"shape {ds.shape[1:]} per step, dtype {ds.dtype}: camera frames and other arrays are not imported"
+            else:
+                why = ""
+            if why:
+                skipped[f"obs/{k}"] = why
+            else:
+                keys.append(k)
+        keys = list(obs_keys) if obs_keys else sorted(keys)
+        if not keys:
+            raise ValueError(f"{where}: {demos[0]}/obs holds no low-dimensional observation key "
+                             f"(has {sorted(first['obs'])}); name them with --obs-keys.")
+        for k in first:
+            if k not in _DEMO_PARTS:
+                skipped[k] = "not a robomimic step array this importer reads"
+        env_kwargs = env_args.get("env_kwargs", {}) or {}
+        # robosuite's sparse reward is paid exactly on task success; a shaped (dense) reward says nothing
+        sparse = env_kwargs.get("reward_shaping") is False
         episodes = []
         for name in demos:
             demo = data[name]
@@ -70,7 +98,7 @@ def read_robomimic(src: Path, obs_keys: list[str] | None = None, **_) -> Importe
             sim = {}
             if "states" in demo and demo["states"].ndim == 2 and demo["states"].shape[0] == t:
                 sim["states"] = check_numeric(demo["states"][()], "states", ctx).astype(np.float64)
-            success = bool(dones[-1] or reward.max() > 0)
+            success = bool(reward.max() > 0) if sparse else None
             episodes.append(ImportedEpisode(obs, action.reshape(t, -1), reward, next_obs[-1], bool(dones[-1]),
                                             success=success, sim_state=sim,
                                             attrs={"split": split_of.get(name, "train")}))
@@ -78,6 +106,8 @@ def read_robomimic(src: Path, obs_keys: list[str] | None = None, **_) -> Importe
     if len(dims) > 1:  # sim states of differing size cannot share one array
         for e in episodes:
             e.sim_state.clear()
+        skipped["states"] = f"sim states differ in size across demos ({sorted(dims)}), so none were kept"
     env = env_args.get("env_name") or Path(src).stem
-    return ImportedDataset(env_id=f"robomimic/{env}", episodes=episodes, obs_names=keys,
-                           env_kwargs=env_args.get("env_kwargs", {}))
+    return ImportedDataset(env_id=f"robomimic/{env}", episodes=episodes, obs_names=keys, env_kwargs=env_kwargs,
+                           skipped=skipped,
+                           success_from="rewards (sparse: env_kwargs.reward_shaping is false)" if sparse else "")
