@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mark the offline start; writes curves.png, report.md and report.json.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="fine-tuning run directories")
     p.add_argument("--out", default="report", help="directory for curves.png, report.md, report.json (default: report)")
-    p.add_argument("--title", default="", help="plot title (default: the env ids)")
+    p.add_argument("--title", default="", help="plot title (default: the env id)")
+    p.add_argument("--per-env", action="store_true",
+                   help="runs of several envs: write one report per env under --out/<env> (default: refuse to mix envs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("eval", help="evaluate a trained run (or a scripted/random policy) in the simulator",
@@ -72,17 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="fmt", required=True, choices=["d4rl", "robomimic", "minari", "lerobot", "zarr_v2"],
                    help="the format of SRC")
     p.add_argument("src", metavar="SRC", help="the file or folder to read")
-    p.add_argument("--out", required=True, metavar="STORE", help="the store to create (must not exist)")
+    p.add_argument("--out", required=True, metavar="STORE",
+                   help="the store to create; it must not exist (written beside it and moved into place when complete)")
     p.add_argument("--env", default=None, help="env id to record (default: what the dataset states)")
     p.add_argument("--quality", default="", help="quality tag for every imported episode (expert, medium, ...)")
-    p.add_argument("--obs-keys", default=None, help="comma-separated observation keys to concatenate, in order")
+    p.add_argument("--obs-keys", default=None,
+                   help="comma-separated observation keys to concatenate, in order (default: the low-dimensional keys "
+                        "whose names are not reward, flag, time, stage or index keys; skipped keys are listed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("export", help="write a store in another format",
                        description="Write the committed episodes of a store as a D4RL hdf5 file.")
     p.add_argument("--to", dest="fmt", required=True, choices=["d4rl"], help="the format to write")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("out", metavar="OUT", help="the file to write")
+    p.add_argument("out", metavar="OUT", help="the file to write (an existing file is replaced; a directory is refused)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("fsck", help="check a store and trim what a killed writer left",
@@ -149,10 +155,15 @@ def _saved_config(args) -> dict | None:
 
 
 def cmd_pretrain(args) -> int:
-    from agent.pretrain import PretrainConfig, pretrain
+    from agent.pretrain import PretrainConfig, TrainingInterrupted, pretrain
 
     cfg = resolve(PretrainConfig, args, args.config, base=_saved_config(args))
-    result = pretrain(cfg, resume=args.resume)
+    try:
+        result = pretrain(cfg, resume=args.resume)
+    except TrainingInterrupted as exc:
+        print(f"agent pretrain: {exc}; resume with: agent pretrain --out {shlex.quote(str(exc.run_dir))} --resume",
+              file=sys.stderr)
+        return 130
     _print(result, args.json)
     return 0
 
@@ -169,7 +180,7 @@ def cmd_finetune(args) -> int:
 def cmd_report(args) -> int:
     from agent.finetune.report import report
 
-    result = report(args.runs, args.out, title=args.title)
+    result = report(args.runs, args.out, title=args.title, per_env=args.per_env)
     _print({k: v for k, v in result.items() if k != "table"} if args.json else result, args.json,
            table=None if args.json else result["table"] + f"\ncurves: {result['png']}\ntable: {result['markdown']}")
     return 0
@@ -183,9 +194,15 @@ def cmd_eval(args) -> int:
         raise ValueError("eval needs exactly one of --run RUN or --policy {scripted,random}.")
     if cfg.run:
         from agent.checkpoint import load_checkpoint
+        from agent.evaluate import is_registered
         from agent.policy import policy_maker
 
-        env_id = cfg.env or load_checkpoint(cfg.run).get("env_id")
+        ckpt = load_checkpoint(cfg.run)
+        env_id = cfg.env or str(ckpt.get("env_id") or "")
+        if not cfg.env and not (env_id and is_registered(env_id)):
+            raise ValueError(f"run {cfg.run!r} was trained on data of env id {env_id!r}, which is not a registered "
+                             f"environment; pass --env ID naming one with observations of size {ckpt.get('obs_dim')} "
+                             f"and actions of size {ckpt.get('act_dim')}.")
         make_policy = policy_maker(cfg.run, env_id, cfg.deterministic)
     else:
         if not cfg.env:
@@ -221,9 +238,12 @@ def cmd_inspect(args) -> int:
 def cmd_import(args) -> int:
     from agent.store.importers import import_dataset
 
-    options = {"obs_keys": args.obs_keys.split(",")} if args.obs_keys else {}
+    keys = [k.strip() for k in (args.obs_keys or "").split(",") if k.strip()]
+    options = {"obs_keys": keys} if keys else {}
     result = import_dataset(args.fmt, args.src, args.out, quality=args.quality, env_id=args.env, **options)
     _print(result, args.json)
+    for warning in result.get("warnings", []):
+        print(f"agent import: warning: {warning}", file=sys.stderr)
     return 0
 
 

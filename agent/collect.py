@@ -6,6 +6,11 @@ collected it. With ``num_envs`` K > 1, K subprocesses roll out episodes i = k, k
 and send each finished episode back to this process, the store's one writer, which
 appends them in episode order.
 
+Running a recipe again into the same store continues it: its episodes carry the
+recipe's hash (:func:`recipe_hash`: the config less the episode count, output, worker
+count and video), and the new run's indices i start after the largest seed the store's
+episodes of that recipe used, so a second run adds new episodes, never copies.
+
 Noise per episode: ``noise`` and ``epsilon`` are the values of episode 0; with a
 ``schedule`` other than constant they move to ``noise_end`` / ``epsilon_end`` by the
 last episode (replay-like data from a controller that gets better over time);
@@ -13,13 +18,17 @@ last episode (replay-like data from a controller that gets better over time);
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import queue as queue_module
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -35,25 +44,47 @@ PolicyFn = Callable[[np.ndarray], np.ndarray]
 class CollectConfig:
     env: str = option("", "gymnasium id of the task, e.g. dmc/reacher-hard-v0")
     policy: str = option("scripted", "'scripted' (the task's expert), 'random', or a run directory / checkpoint file")
-    episodes: int = option(10, "number of episodes to collect")
-    noise: float = option(0.0, "std of Gaussian noise added to the policy's actions (actions in [-1, 1]); episode 0's value under a schedule")
-    epsilon: float = option(0.0, "probability of replacing an action by a uniform random one; episode 0's value under a schedule")
+    episodes: int = option(10, "number of episodes to collect", min=1)
+    noise: float = option(0.0, "std of Gaussian noise added to the policy's actions (actions in [-1, 1]); episode 0's value under a schedule", min=0)
+    epsilon: float = option(0.0, "probability of replacing an action by a uniform random one; episode 0's value under a schedule", min=0, max=1)
     schedule: Literal["constant", "linear", "exponential"] = option(
         "constant", "how noise and epsilon move from their values to noise_end / epsilon_end over the episodes")
-    noise_end: float | None = option(None, "noise of the last episode under a schedule (empty: noise stays constant)")
-    epsilon_end: float | None = option(None, "epsilon of the last episode under a schedule (empty: epsilon stays constant)")
-    mix_epsilons: list[float] = option([], "episode i uses epsilon mix_epsilons[i % n]: a mixture of quality levels in one dataset")
-    seed: int = option(0, "episode i is reset with seed + i; its noise generator is seeded from (seed, i)")
+    noise_end: float | None = option(None, "noise of the last episode under a schedule (empty: noise stays constant)", min=0)
+    epsilon_end: float | None = option(None, "epsilon of the last episode under a schedule (empty: epsilon stays constant)", min=0, max=1)
+    mix_epsilons: list[float] = option([], "episode i uses epsilon mix_epsilons[i % n]: a mixture of quality levels in one dataset", min=0, max=1)
+    seed: int = option(0, "episode i is reset with seed + i; its noise generator is seeded from (seed, i)", min=0)
     quality: str = option("", "quality tag stored with each episode (random, medium, expert, mixed, replay, ...)")
     save_sim_state: bool = option(True, "store info['sim_state'] at every step (exact physics restore)")
-    num_envs: int = option(1, "episodes are rolled out in this many subprocesses; this process alone writes the store")
+    num_envs: int = option(1, "episodes are rolled out in this many subprocesses; this process alone writes the store", min=1)
     video: str = option("", "write the first video_episodes episodes to this .mp4 (rendered headless)")
-    video_episodes: int = option(1, "how many episodes --video shows")
+    video_episodes: int = option(1, "how many episodes --video shows", min=1)
     out: str = option("", "store path; created if missing, appended to if it is a store of the same env")
 
 
 def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# fields that say how many episodes a run makes, where and how fast, not which: runs differing in them continue one recipe
+RUN_FIELDS = ("episodes", "num_envs", "video", "video_episodes", "out")
+
+
+def recipe_hash(cfg: CollectConfig) -> str:
+    """The generator hash of collected episodes: the config less :data:`RUN_FIELDS`."""
+    recipe = {k: v for k, v in to_dict(cfg).items() if k not in RUN_FIELDS}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def first_index(store: Store, cfg: CollectConfig) -> int:
+    """The episode index this run starts at: 0, or one past the largest seed that the
+    store's episodes of the same recipe (or of this exact config, as written before
+    recipes were hashed apart) were reset with."""
+    if store.num_episodes == 0:
+        return 0
+    attrs = store.episode_attrs()
+    same = np.isin(np.asarray(attrs["generator_hash"], str), [recipe_hash(cfg), config_hash(cfg)])
+    seeds = np.asarray(attrs["seed"], np.int64)[same]
+    return max(0, int(seeds.max()) + 1 - cfg.seed) if seeds.size else 0
 
 
 def _scheduled(start: float, end: float | None, schedule: str, frac: float, name: str) -> float:
@@ -113,10 +144,11 @@ class EpisodePolicies:
             learned = load_policy(cfg.policy, cfg.env, int(np.prod(env.observation_space.shape)), self.act_dim)
             self.base, self.source = (lambda obs: learned.act(obs, deterministic=True)), "policy"
 
-    def for_episode(self, i: int) -> PolicyFn:
+    def for_episode(self, i: int, first: int = 0) -> PolicyFn:
+        """Episode ``first + i`` of the recipe, the i-th of this run (where its schedule is)."""
         from sims.experts import NoisyPolicy, RandomPolicy
 
-        seed = self.cfg.seed * 1_000_003 + i
+        seed = self.cfg.seed * 1_000_003 + first + i
         base = self.base if self.base is not None else RandomPolicy(self.act_dim, seed=seed + 7919)
         noise, epsilon = episode_noise(self.cfg, i)
         return NoisyPolicy(base, self.act_dim, noise=noise, epsilon=epsilon, seed=seed)
@@ -145,28 +177,30 @@ def rollout_episode(env, policy: PolicyFn, seed: int, sim_keys: list[str]) -> di
     }
 
 
-def _worker(cfg_dict: dict, indices: list[int], sim_keys: list[str], results) -> None:
+def _worker(cfg_dict: dict, indices: list[int], first: int, sim_keys: list[str], results) -> None:
     """Subprocess: roll out episodes ``indices`` and send each one to the writer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the writer, which stops the workers
     try:
         cfg = from_dict(CollectConfig, cfg_dict)
         env = make_env(cfg.env)
         policies = EpisodePolicies(cfg, env)
         for i in indices:
-            results.put((i, rollout_episode(env, policies.for_episode(i), cfg.seed + i, sim_keys)))
+            results.put((i, rollout_episode(env, policies.for_episode(i, first), cfg.seed + first + i, sim_keys)))
         env.close()
     except Exception as exc:  # reported by the writer as one readable error
         results.put((-1, f"{type(exc).__name__}: {exc}"))
 
 
-def _episodes_from_workers(cfg: CollectConfig, sim_keys: list[str]):
+def _episodes_from_workers(cfg: CollectConfig, sim_keys: list[str], first: int = 0):
     """Yield (i, episode) in episode order from ``cfg.num_envs`` subprocesses."""
     ctx = multiprocessing.get_context("spawn")  # no forked copies of torch or GL state
     results = ctx.Queue(maxsize=4 * cfg.num_envs)
-    procs = [ctx.Process(target=_worker, args=(to_dict(cfg), list(range(k, cfg.episodes, cfg.num_envs)), sim_keys, results),
-                         daemon=True) for k in range(cfg.num_envs)]
+    procs = [ctx.Process(target=_worker, args=(to_dict(cfg), list(range(k, cfg.episodes, cfg.num_envs)), first, sim_keys,
+                                               results), daemon=True) for k in range(cfg.num_envs)]
     for p in procs:
         p.start()
     pending: dict[int, dict] = {}
+    finished = False
     try:
         for want in range(cfg.episodes):
             while want not in pending:
@@ -180,46 +214,114 @@ def _episodes_from_workers(cfg: CollectConfig, sim_keys: list[str]):
                     raise ValueError(f"a collection worker failed: {episode}")
                 pending[i] = episode
             yield want, pending.pop(want)
+        finished = True
     finally:
         for p in procs:
-            p.join(timeout=10.0)
+            if finished:  # otherwise (an error, Ctrl-C) the workers' episodes are not wanted
+                p.join(timeout=10.0)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=5.0)
+
+
+class _WholeAppends:
+    """Ctrl-C during an append takes effect once the episode is appended, so that it is
+    kept whole; elsewhere it interrupts at once, as usual."""
+
+    def __init__(self) -> None:
+        self.appending = self.pending = self._installed = False
+        self._previous: object = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if not self.appending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __enter__(self) -> "_WholeAppends":
+        if threading.current_thread() is threading.main_thread():
+            self._previous, self._installed = signal.signal(signal.SIGINT, self._on_sigint), True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+
+    @contextlib.contextmanager
+    def append(self):
+        self.appending = True
+        try:
+            yield
+        finally:
+            self.appending = False
+        if self.pending:
+            raise KeyboardInterrupt
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict:
+    """Roll out ``cfg.episodes`` episodes into ``cfg.out``, continuing the seeds of the
+    recipe's earlier runs there. Ctrl-C keeps the episodes already appended, says how
+    many and how to continue on stderr, and re-raises."""
     _check(cfg)
     env = make_env(cfg.env)
     store: Store | None = None
+    before = first = 0
+    episodes: Iterator[tuple[int, dict]] = iter(())
+    closed = False
     try:
         policies = EpisodePolicies(cfg, env)
         _, info = env.reset(seed=cfg.seed)
         store = open_or_create(cfg.out, cfg.env, env, info.get("sim_state") if cfg.save_sim_state else None)
+        before, first = store.num_episodes, first_index(store, cfg)
         sim_keys = store.sim_state_keys()
         if cfg.num_envs > 1:
-            episodes = _episodes_from_workers(cfg, sim_keys)
+            episodes = _episodes_from_workers(cfg, sim_keys, first)
         else:
-            episodes = ((i, rollout_episode(env, policies.for_episode(i), cfg.seed + i, sim_keys)) for i in range(cfg.episodes))
+            episodes = ((i, rollout_episode(env, policies.for_episode(i, first), cfg.seed + first + i, sim_keys))
+                        for i in range(cfg.episodes))
         returns, successes, shown = [], [], []
-        for i, episode in tqdm(episodes, total=cfg.episodes, desc=f"collect {cfg.env}", disable=None if progress else True):
-            store.append_episode(episode, EpisodeAttrs(
-                source=policies.source, generator_hash=config_hash(cfg), quality=cfg.quality, seed=cfg.seed + i,
-                checkpoint=cfg.policy if policies.source == "policy" else ""))
-            returns.append(float(episode["reward"].sum()))
-            successes.append(episode["success"])
-            if cfg.video and i < cfg.video_episodes:
-                shown.append((cfg.seed + i, episode["action"]))
+        digest = recipe_hash(cfg)
+        with _WholeAppends() as guard:
+            for i, episode in tqdm(episodes, total=cfg.episodes, desc=f"collect {cfg.env}", disable=None if progress else True):
+                with guard.append():
+                    store.append_episode(episode, EpisodeAttrs(
+                        source=policies.source, generator_hash=digest, quality=cfg.quality, seed=cfg.seed + first + i,
+                        checkpoint=cfg.policy if policies.source == "policy" else ""))
+                returns.append(float(episode["reward"].sum()))
+                successes.append(episode["success"])
+                if cfg.video and i < cfg.video_episodes:
+                    shown.append((cfg.seed + first + i, episode["action"]))
         if cfg.video:
             from agent.video import replay_video
 
             replay_video(env, shown, cfg.video)
-    finally:
-        env.close()
+    except KeyboardInterrupt:
+        _close(episodes, env, store)
+        closed = True
         if store is not None:
-            store.close()  # trims chunks grown ahead and releases the writer lock
+            kept = Store.open(cfg.out).num_episodes - before  # what the store committed, read back
+            start = cfg.seed + first
+            seeds = f"seeds {start}..{start + kept - 1}" if kept else "none"
+            print(f"agent collect: interrupted; kept {kept} of {cfg.episodes} episodes in {cfg.out} ({seeds}); "
+                  f"to continue, run the same command with --episodes {cfg.episodes - kept}: its seeds start at "
+                  f"{start + kept}.", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if not closed:
+            _close(episodes, env, store)
     return {"store": cfg.out, "episodes": store.num_episodes, "steps": store.num_steps,
-            "collected": cfg.episodes, "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes)),
+            "collected": cfg.episodes, "kept": store.num_episodes - before, "first_seed": cfg.seed + first,
+            "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes)),
             **({"video": cfg.video} if cfg.video else {})}
+
+
+def _close(episodes, env, store: Store | None) -> None:
+    """Stop the workers (a generator's ``close``), then close the env and the store."""
+    close = getattr(episodes, "close", None)
+    if close is not None:
+        close()
+    env.close()
+    if store is not None:
+        store.close()  # trims chunks grown ahead and releases the writer lock
 
 
 def open_or_create(path: str, env_id: str, env, sim_state: dict | None) -> Store:

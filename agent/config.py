@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,11 +23,96 @@ import yaml
 T = typing.TypeVar("T")
 
 
-def option(default: T, help: str, **kwargs) -> T:
-    """A config field with its help text; typed so that a checker sees the default's type."""
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: ``min``/``max`` are closed bounds, ``gt``/``lt`` open ones."""
+
+    min: float | None = None
+    max: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value) -> bool:
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+            return False  # NaN compares false with every bound; infinity is never a setting
+        return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+                and (self.gt is None or value > self.gt) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        low = f"[{_num(self.min)}" if self.min is not None else f"({_num(self.gt)}" if self.gt is not None else ""
+        high = f"{_num(self.max)}]" if self.max is not None else f"{_num(self.lt)})" if self.lt is not None else ""
+        if low and high:
+            return f"in {low}, {high}"
+        for bound, words in ((self.min, "at least"), (self.gt, "above"), (self.max, "at most"), (self.lt, "below")):
+            if bound is not None:
+                return f"{words} {_num(bound)}"
+        return "a finite number"
+
+
+class Pattern(typing.NamedTuple):
+    """The spellings a string field accepts: a regular expression and how to say it."""
+
+    regex: str
+    text: str
+
+    def describe(self) -> str:
+        return self.text
+
+
+# named so that a config module declares ``pattern="device"`` without importing anything
+PATTERNS = {"device": Pattern(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N")}
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def option(default: T, help: str, *, min: float | None = None, max: float | None = None, gt: float | None = None,
+           lt: float | None = None, unbounded: bool = False, pattern: str | None = None, **kwargs) -> T:
+    """A config field with its help text; typed so that a checker sees the default's type.
+
+    A numeric field (or list of numbers) declares the values it accepts, checked by
+    :func:`from_dict`: closed bounds ``min``/``max``, open bounds ``gt``/``lt``, or
+    ``unbounded=True`` where any finite value is meaningful. A string field may name a
+    pattern of :data:`PATTERNS` its value must match (``pattern="device"``)."""
+    metadata: dict[str, Any] = {"help": help}
+    if (min, max, gt, lt) != (None, None, None, None):
+        if unbounded:
+            raise TypeError("option() takes bounds or unbounded=True, not both")
+        metadata["range"] = Range(min, max, gt, lt)
+    elif unbounded:
+        metadata["range"] = Range()
+    if pattern is not None:
+        metadata["pattern"] = PATTERNS[pattern]
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def check_declared(name: str, f: dataclasses.Field, value) -> None:
+    """Refuse ``value`` outside the range or pattern that field ``f`` declares."""
+    if value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_declared(f"{name}[{i}]", f, item)
+        return
+    bounds = f.metadata.get("range")
+    if bounds is not None and isinstance(value, numbers.Real) and not isinstance(value, bool) and value not in bounds:
+        raise ValueError(f"config field {name!r} must be {bounds.describe()}, got {value!r}.")
+    pattern = f.metadata.get("pattern")
+    if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern.regex, value):
+        raise ValueError(f"config field {name!r} must be {pattern.describe()}, got {value!r}.")
+
+
+def check_ranges(cfg, prefix: str = "") -> None:
+    """Check a config built in Python (not through :func:`from_dict`) against its declared ranges."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, prefix=f"{prefix}{f.name}.")
+        else:
+            check_declared(prefix + f.name, f, value)
 
 
 def section(cls: type[T], help: str) -> T:
@@ -109,6 +197,7 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
             kwargs[f.name] = from_dict(tp, data[f.name], prefix=f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = check_value(prefix + f.name, tp, data[f.name])
+            check_declared(prefix + f.name, f, kwargs[f.name])
     return cls(**kwargs)
 
 
@@ -144,8 +233,14 @@ def save_yaml(cfg, path: str | Path) -> None:
 
 
 # -- command-line flags ------------------------------------------------------------------
+CONFIG_CLASS = "_config_class"
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--field`` flag per config field; unset flags do not override."""
+    """Add one ``--field`` flag per config field; unset flags do not override. The parser
+    remembers the class (``parser.get_default(CONFIG_CLASS)``), so tests can walk every config the CLI reads."""
+    if not prefix:
+        parser.set_defaults(**{CONFIG_CLASS: cls})
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -158,7 +253,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             add_flags(parser, tp, prefix=dest + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{help_text} (default: {default!r})".replace("%", "%%")  # argparse formats help
+        accepted = f.metadata.get("range") or f.metadata.get("pattern")
+        accepted_text = f"; {accepted.describe()}" if accepted else ""
+        help_text = f"{help_text} (default: {default!r}{accepted_text})".replace("%", "%%")  # argparse formats help
         _, inner = _is_optional(tp)
         origin = get_origin(inner)
         kw: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)

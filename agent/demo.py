@@ -39,6 +39,31 @@ CALQL = {"algo": "calql", "calql": {"hidden_dims": [128, 128], "num_critics": 10
 CALQL_STEPS = 2_000
 WSRL = {"warmup_steps": 1_000, "utd": 1, "batch_size": 256, "wsrl": {"alpha_lr": 3e-3}}
 WSRL_STEPS = 3_000
+# written first into --out, so that a later demo knows the directory for its own
+MARKER = ".agent-demo"
+
+
+def _outputs(out: Path) -> list[Path]:
+    """Everything the demo writes under ``out``: all a rerun may remove."""
+    runs = [f"bc-{tier}" for tier in TIERS] + [f"{OFFLINE_RL['algo']}-medium", "calql-medium", "wsrl-medium"]
+    return [out / f"{tier}.zarr" for tier in TIERS] + [out / r for r in runs] + [out / "results.json", out / MARKER]
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` ready: new or empty, or a previous demo's (only its outputs are removed)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; the demo needs a directory (new, empty, or a previous demo's).")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ValueError(f"--out {str(out)!r} holds files the demo did not write (no {MARKER} marker); "
+                             f"choose a new or empty directory.")
+        for path in _outputs(out):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `agent demo`; a rerun replaces only the demo's own stores and runs here\n")
 
 
 def _recipe(tier: str) -> dict:
@@ -58,9 +83,7 @@ def _evaluate_run(run_dir: Path, episodes: int) -> dict:
 
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    _prepare_out(out)
     episodes = 10 if quick else 100
     steps = 200 if quick else 5_000
     eval_episodes = 3 if quick else 20

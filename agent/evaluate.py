@@ -16,12 +16,32 @@ PolicyFn = Callable[[np.ndarray], np.ndarray]
 class EvalConfig:
     run: str = option("", "run directory (or checkpoint file) whose policy is evaluated")
     policy: str = option("", "instead of --run: 'scripted' or 'random'")
-    env: str = option("", "env id; empty means the env the run was trained for")
-    episodes: int = option(10, "episodes to roll out")
-    seed: int = option(10_000, "episode i is reset with seed + i")
+    env: str = option("", "env id; empty means the env the run was trained for (a run on an imported dataset needs one)")
+    episodes: int = option(10, "episodes to roll out", min=1)
+    seed: int = option(10_000, "episode i is reset with seed + i", min=0)
     deterministic: bool = option(True, "act with the policy's mean action")
     video: str = option("", "write the first video_episodes episodes to this .mp4 (rendered headless)")
-    video_episodes: int = option(1, "how many episodes --video shows")
+    video_episodes: int = option(1, "how many episodes --video shows", min=1)
+
+
+def is_registered(env_id: str) -> bool:
+    """Whether ``env_id`` names a gymnasium environment (after importing the package that owns its prefix);
+    an imported dataset's id (``d4rl/...``, ``robomimic/...``) names none."""
+    import gymnasium
+
+    from agent.envs import _register_owner
+
+    _register_owner(env_id)
+    return env_id in gymnasium.registry
+
+
+def env_sizes(env_id: str) -> tuple[int, int]:
+    """(observation size, action size) of ``env_id``; an unknown id is refused with the known ones."""
+    env = make_env(env_id)
+    try:
+        return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
 
 
 def rollout(env, policy: PolicyFn, seed: int, on_step=None, on_reset=None) -> dict:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,9 +13,8 @@ import torch
 from tqdm import tqdm
 
 from agent.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from agent.config import option, save_yaml, section, to_dict
-from agent.envs import make_env
-from agent.evaluate import evaluate
+from agent.config import check_ranges, option, save_yaml, section, to_dict
+from agent.evaluate import env_sizes, evaluate, is_registered
 from agent.learners import make_learner
 from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConfig, TD3BCConfig
 from agent.logger import MetricsLogger
@@ -27,15 +28,16 @@ class PretrainConfig:
     data: str = option("", "store to train on")
     algo: Literal["bc", "iql", "cql", "calql", "td3bc", "sacn"] = option("bc", "offline algorithm")
     out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
-    env: str = option("", "env id for periodic evaluation; empty means the store's env")
-    steps: int = option(20_000, "gradient updates in total")
-    batch_size: int = option(256, "transitions per update")
-    seed: int = option(0, "seed for networks and sampling")
-    eval_every: int = option(0, "evaluate in the simulator every this many updates (0: only at the end)")
-    eval_episodes: int = option(5, "episodes per periodic evaluation (0: no evaluation)")
-    checkpoint_every: int = option(5_000, "save checkpoints/latest.pt and a step-numbered copy every this many updates")
-    log_every: int = option(250, "write training metrics every this many updates")
-    device: str = option("cpu", "torch device: cpu, cuda, or auto")
+    env: str = option("", "gymnasium env id to evaluate in, with the store's observation and action sizes; empty means the "
+                          "store's env, and no evaluation when that is not a registered env (an imported dataset)")
+    steps: int = option(20_000, "gradient updates in total", min=1)
+    batch_size: int = option(256, "transitions per update", min=1)
+    seed: int = option(0, "seed for networks and sampling", min=0)
+    eval_every: int = option(0, "evaluate in the simulator every this many updates (0: only at the end)", min=0)
+    eval_episodes: int = option(5, "episodes per periodic evaluation (0: no evaluation)", min=0)
+    checkpoint_every: int = option(5_000, "save checkpoints/latest.pt and a step-numbered copy every this many updates", min=1)
+    log_every: int = option(250, "write training metrics every this many updates", min=1)
+    device: str = option("cpu", "torch device; auto picks cuda when torch sees one", pattern="device")
     compile: bool = option(False, "torch.compile the learner's update (first updates are slow while it compiles)")
     autocast: Literal["none", "bf16"] = option("none", "run forward and backward passes under bfloat16 autocast")
     cuda_graph: bool = option(False, "capture the update as one CUDA graph on the first batch (CUDA only; see agent/learners/graphed.py)")
@@ -56,6 +58,9 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was requested but torch sees no CUDA device; use --device cpu.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was requested but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return name
 
 
@@ -122,79 +127,180 @@ def make_update_fn(learner, cfg: PretrainConfig):
     return update
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with the last whole step in the run's checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}, which {run_dir / 'checkpoints' / 'latest.pt'} holds")
+        self.run_dir, self.step = run_dir, step
+
+
+class _HoldInterrupt:
+    """Holds SIGINT while a step (update, log line, checkpoint) is in flight, so that the
+    checkpoint written on interrupt is a whole step; outside a step it interrupts at once."""
+
+    def __init__(self):
+        self.pending, self.in_step, self._previous = False, False, None
+
+    def __enter__(self):
+        # only the main thread may set handlers; a caller's own SIGINT handler is left alone
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pending = True
+        if not self.in_step:
+            raise KeyboardInterrupt
+
+    def step_done(self) -> None:
+        self.in_step = False
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger, rng: np.random.Generator,
-        start_step: int = 0, env_id: str | None = None, progress: bool = True) -> dict:
-    """Train ``learner`` from ``start_step`` to ``cfg.steps``; returns the last metrics."""
+        start_step: int = 0, env_id: str | None = None, progress: bool = True, eval_env: str | None = None) -> dict:
+    """Train ``learner`` from ``start_step`` to ``cfg.steps``, evaluating in ``eval_env`` (none: no
+    evaluation); returns the last metrics. On Ctrl-C the last whole step is checkpointed and
+    :class:`TrainingInterrupted` raised."""
     env_id = env_id or source.cache.env_id
     metrics: dict[str, float] = {}
     update = make_update_fn(learner, cfg)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(logger.run_dir, step, {
+            "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
+            "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
+            "learner": learner.state_dict(), "rng": {**rng_state(rng), "sampler": source.state()},
+        })
+
+    done, saved = start_step, start_step
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
-    for step in range(start_step + 1, cfg.steps + 1):
-        last_update = update(source.sample(cfg.batch_size))
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics = {k: float(v) for k, v in last_update.items()}  # the only host sync
-            logger.log(step, metrics, prefix="train/")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
-        last = step == cfg.steps
-        if cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-            result = evaluate(env_id, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes)
-            logger.log(step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
-                              if result[k] is not None}, prefix="eval/")
-            metrics = {**metrics, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}}
-        if step % cfg.checkpoint_every == 0 or last:
-            save_checkpoint(logger.run_dir, step, {
-                "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
-                "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
-                "learner": learner.state_dict(), "rng": {**rng_state(rng), "sampler": source.state()},
-            })
-        bar.update(1)
-    bar.close()
+    try:
+        with _HoldInterrupt() as hold:
+            for step in range(start_step + 1, cfg.steps + 1):
+                hold.in_step = True
+                last_update = update(source.sample(cfg.batch_size))
+                done = step
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or last:
+                    metrics = {k: float(v) for k, v in last_update.items()}  # the only host sync
+                    logger.log(step, metrics, prefix="train/")
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
+                hold.step_done()
+                if eval_env and cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                    result = evaluate(eval_env, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes)
+                    hold.in_step = True
+                    logger.log(step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
+                                      if result[k] is not None}, prefix="eval/")
+                    metrics = {**metrics, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}}
+                    hold.step_done()
+                if step % cfg.checkpoint_every == 0 or last:
+                    hold.in_step = True
+                    checkpoint(step)
+                    saved = step
+                    hold.step_done()
+                bar.update(1)
+    except KeyboardInterrupt:
+        if done == 0:
+            raise  # nothing trained, nothing to resume
+        if done != saved:
+            checkpoint(done)
+        raise TrainingInterrupted(logger.run_dir, done) from None
+    finally:
+        bar.close()
     return metrics
 
 
+def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, str | None]:
+    """The env evaluations run in (None: none) and, when there is none, a note saying why."""
+    if cfg.env:
+        sizes = env_sizes(cfg.env)  # refuses an unknown id with the known ones
+        if sizes != (store.obs_dim, store.action_dim):
+            raise ValueError(
+                f"--env {cfg.env} has observations of size {sizes[0]} and actions of size {sizes[1]}, but store "
+                f"{cfg.data!r} holds observations of size {store.obs_dim} and actions of size {store.action_dim}; "
+                f"choose an env of the store's sizes.")
+        return cfg.env, None
+    if cfg.eval_episodes == 0:
+        return None, None
+    if not is_registered(store.env_id):
+        return None, (f"not evaluated: the store's env id {store.env_id!r} is not a registered environment; "
+                      f"pass --env ID to evaluate in one with observations of size {store.obs_dim} and actions of size "
+                      f"{store.action_dim}")
+    sizes = env_sizes(store.env_id)
+    if sizes != (store.obs_dim, store.action_dim):
+        raise ValueError(
+            f"store {cfg.data!r} has observations of size {store.obs_dim} and actions of size {store.action_dim}, "
+            f"but {store.env_id} has {sizes[0]} and {sizes[1]}.")
+    return store.env_id, None
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Open the store, build the learner, restore a checkpoint when resuming, and train."""
+    """Open the store, build the learner, restore a checkpoint when resuming, and train.
+
+    Observation and action sizes come from the store, so an imported dataset trains
+    without a simulator; evaluation runs in ``cfg.env`` or the store's env when that is
+    a registered one, and is skipped (with a note in the result) otherwise."""
     tune_cpu_allocator()
+    check_ranges(cfg)
     if not cfg.data:
         raise ValueError("pretrain needs --data (a store written by `agent collect` or `agent import`).")
     if not cfg.out:
         raise ValueError("pretrain needs --out (the run directory).")
     run_dir = Path(cfg.out)
     device = resolve_device(cfg.device)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        if ckpt.get("algo") != cfg.algo:
+            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
+        if cfg.steps < int(ckpt["step"]):
+            raise ValueError(f"cannot resume: run {str(run_dir)!r} is already at step {ckpt['step']}, past --steps "
+                             f"{cfg.steps}; pass --steps above {ckpt['step']} to train further (the run is unchanged).")
+        if cfg.steps == int(ckpt["step"]):
+            return {"run": str(run_dir), "steps": cfg.steps, "resumed_from": cfg.steps,
+                    "note": f"nothing to do: the run is already at step {cfg.steps}; pass a larger --steps to train further"}
+    elif (run_dir / "checkpoints" / "latest.pt").exists():
+        raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
     store = Store.open(cfg.data)
+    obs_dim, act_dim = store.obs_dim, store.action_dim
+    if ckpt is not None and (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
+        raise ValueError(f"cannot resume: {run_dir}'s checkpoint has observations of size {ckpt['obs_dim']} and actions of "
+                         f"size {ckpt['act_dim']}, but store {cfg.data!r} holds {obs_dim} and {act_dim}.")
+    eval_env, note = _evaluation_env(cfg, store)
     cache = load_transitions(store)
-    env_id = cfg.env or store.env_id
-    env = make_env(env_id)  # also refuses an unknown id before any training
-    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    env.close()
-    if (obs_dim, act_dim) != (store.obs_dim, store.action_dim):
-        raise ValueError(
-            f"store {cfg.data!r} has observations of size {store.obs_dim} and actions of size {store.action_dim}, "
-            f"but {env_id} has {obs_dim} and {act_dim}."
-        )
     rng = seed_everything(cfg.seed)
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
     obs = cache.obs
     learner.fit_normalizer(obs.mean(0), obs.var(0))
     source = BatchSource(cache, learner.prepare(cache) if hasattr(learner, "prepare") else {}, device, rng)
     start = 0
-    if resume:
-        ckpt = load_checkpoint(run_dir)
-        if ckpt.get("algo") != cfg.algo:
-            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
-        learner.load_state_dict(ckpt["learner"])
+    if ckpt is not None:
+        try:
+            learner.load_state_dict(ckpt["learner"])
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"cannot resume: {run_dir}'s checkpoint does not match the {cfg.algo} networks of this "
+                             f"config (were network settings changed?): {exc}") from None
         restore_rng(ckpt["rng"], rng)
         source.load_state(ckpt["rng"].get("sampler", {}))
         start = int(ckpt["step"])
-    elif (run_dir / "checkpoints" / "latest.pt").exists():
-        raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=start if resume else None)
     try:
-        metrics = run(cfg, learner, source, logger, rng, start_step=start, env_id=env_id, progress=progress)
+        metrics = run(cfg, learner, source, logger, rng, start_step=start, env_id=cfg.env or store.env_id,
+                      progress=progress, eval_env=eval_env)
     finally:
         logger.close()
     summary = {"run": str(run_dir), "steps": cfg.steps, "resumed_from": start if resume else None, **metrics}
+    if note:
+        summary["note"] = note
     (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -189,11 +189,17 @@ def test_sigint_stops_both_in_order_and_the_run_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)  # the parent only: it stops the actor itself
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130 and gone(actor, 5.0)
-    assert [ln for ln in stderr.splitlines() if ln.strip()] == ["agent finetune: interrupted"], stderr
     ckpt = load_checkpoint(tmp_path / "run")
     episodes = len(ckpt["loop"]["episode_rows"])
     # the unfinished episode is dropped and its steps uncounted: the checkpoint sits at the last whole episode
     assert episodes >= 2 and ckpt["actor_learner"]["next_episode"] == episodes and ckpt["loop"]["env_steps"] == 50 * episodes
+    # as in the single-process loop: what was kept and the command that resumes it
+    assert [ln for ln in stderr.splitlines() if ln.strip()] == [
+        f"agent finetune: stopped and checkpointed at step {50 * episodes}; {episodes} online episodes of this run are "
+        f"kept in {tmp_path / 'run' / 'online.zarr'} (an unfinished episode is dropped and redone); "
+        f"resume with: agent finetune --out {tmp_path / 'run'} --resume",
+        "agent finetune: interrupted"], stderr
+    assert json.loads((tmp_path / "run" / "finetune_summary.json").read_text())["interrupted"] is True
 
     # resume unpaced (a sim needs no pacing) for two more episodes
     cfg = tiny(tmp_path / "run", steps=50 * episodes + 100, warmup_steps=60, eval_episodes=0, checkpoint_every=50,

@@ -35,7 +35,8 @@ read by a thread of the actor.
 
 Shutdown: at the step budget (the unfinished episode is dropped, then the final
 evaluation with the final weights), on SIGINT (either process; both stop, the learner
-checkpoints and the run ends as interrupted), at ``max_minutes``, and when either
+checkpoints at the last whole episode, prints how many online episodes it kept and the
+resume command, and the run ends as interrupted, as in the loop), at ``max_minutes``, and when either
 process dies: the survivor notices the closed pipe, prints one line and stops.
 
 Resuming works as in the loop: a checkpoint (written at episode ends) holds the loop
@@ -71,7 +72,8 @@ from agent.config import save_yaml, to_dict
 from agent.finetune.config import FinetuneConfig, loop_setting
 from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import discounted_returns, heldout_td_error
-from agent.finetune.loop import LoopState, _to_tensors, build_run, offline_phase, resolve_run
+from agent.finetune.loop import (LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do, offline_phase,
+                                  resolve_run)
 from agent.logger import MetricsLogger
 from agent.nets import act
 from agent.store import EpisodeAttrs, Store
@@ -88,6 +90,10 @@ class ActorDied(ValueError):
 
 class _LearnerGone(Exception):
     """The learner's end of a pipe closed."""
+
+
+class _StoppedOffline(Exception):
+    """SIGINT during the offline phase: the run ends before the actor starts acting."""
 
 
 # -- the actor's clock --------------------------------------------------------------------
@@ -763,6 +769,9 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
     if cfg.eval_episodes > 0 and cfg.eval_every <= 0:
         raise ValueError(f"--eval-every must be a positive number of steps when evaluating, found {cfg.eval_every}.")
     plan = resolve_run(cfg, resume)
+    idle = nothing_to_do(cfg, plan)
+    if idle is not None:
+        return idle
     run_dir = plan.run_dir
     settings = ActorSettings(env_id=plan.env_id, env_kwargs=plan.env_kwargs, sim_gap=plan.gap, seed=cfg.seed, steps=cfg.steps, control_rate=cfg.control_rate,
                              warmup_steps=int(loop_setting(cfg, "warmup_steps")),
@@ -780,7 +789,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         obs_dim = int(np.prod(description.observation_space.shape))
         act_dim = int(np.prod(description.action_space.shape))
         parts = build_run(cfg, plan, obs_dim, act_dim, description, resume, make_source)
-        learner, rng, source, state, store = parts.learner, parts.rng, parts.source, parts.state, parts.store
+        learner, rng, source, state, store, cfg = parts.learner, parts.rng, parts.source, parts.state, parts.store, parts.cfg
         heldout = parts.heldout
         next_episode = 0
         if parts.ckpt is not None:
@@ -789,8 +798,13 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         save_yaml(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
         summary: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            # from here on SIGINT stops both processes in order instead of raising mid-update
+            previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         if state.offline_updates < cfg.offline_steps:
-            summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress))
+            summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress, interrupted))
+        if interrupted.is_set():
+            raise _StoppedOffline
         if hasattr(learner, "start_online"):
             learner.start_online()
         side = _Learner(cfg, learner, store, logger, source, rng, state, plan.env_id, heldout,
@@ -799,11 +813,10 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         policy = pickle.dumps({"actor": copy.deepcopy(learner.actor).cpu(), "normalizer": copy.deepcopy(learner.normalizer).cpu()})
         control_send.send(("start", {"policy": policy, "env_steps": state.env_steps, "episode": next_episode,
                                      "eval_first": state.env_steps == 0}))
-        if threading.current_thread() is threading.main_thread():
-            # from here on SIGINT stops both processes in order instead of raising mid-update
-            previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         side.run(interrupted)
         summary.update(side.metrics)
+    except _StoppedOffline:
+        pass  # interrupted in the offline phase, which has checkpointed; the actor never started
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
@@ -813,7 +826,10 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
                 closable.close()
         data_recv.close()
 
-    assert side is not None  # set whenever the try block completed
+    online_store = Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr"
+    if side is None:  # interrupted in the offline phase
+        print(interrupted_message(run_dir, online_store), file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
     final = side.actor_final
     actor_summary = {k: final[k] for k in ("ticks", "missed_ticks", "missed_fraction", "period_mean_ms", "period_p50_ms",
                                            "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "late_p99_ms") if k in final}
@@ -825,11 +841,15 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
                "first_update_step": state.first_update_step, "resumed": resume, "actor_learner": True,
                "skipped_updates": side.skipped_updates + side.owed, "dropped_episodes": side.dropped_episodes,
                "weight_versions_pushed": side.pushed_version, "actor": actor_summary, **summary}
+    interrupted_run = side.stopping == "interrupted" or final.get("reason") == "interrupted"
+    if interrupted_run:
+        summary["interrupted"] = True
     (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
     if side.actor_gone and not side.done:
         raise ActorDied(f"the actor process died (exit code {proc.exitcode}) after {state.env_steps} environment steps; "
                         f"the learner checkpointed the run at its last whole episode and stopped (--resume continues it).")
-    if side.stopping == "interrupted" or final.get("reason") == "interrupted":
+    if interrupted_run:
+        print(interrupted_message(run_dir, online_store), file=sys.stderr, flush=True)
         raise KeyboardInterrupt
     return summary
 

@@ -11,10 +11,18 @@ exactly this run's first ``len(episode_rows)`` episodes in the store; a resumed 
 reloads them, the networks, optimizers and both RNG states, and continues from the
 checkpointed step. Episodes a killed run appended after its last checkpoint stay in
 the store under the same run id but are left out of the buffer (they are redone).
+Ctrl-C stops the loop between steps and checkpoints at the last episode end (the
+unfinished episode is redone on resume); a second Ctrl-C interrupts at once and still
+checkpoints there.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
+import signal
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -62,25 +70,63 @@ def _checkpoint(cfg: FinetuneConfig, learner, logger: MetricsLogger, rng, state:
     })
 
 
+class StopRequest:
+    """SIGINT as a request that the loop honours between steps, so that it checkpoints a
+    consistent state; a second Ctrl-C raises KeyboardInterrupt at once (a long evaluation)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: object = None
+        self._installed = False
+
+    def _request(self, signum, frame) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous, self._installed = signal.signal(signal.SIGINT, self._request), True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+
+
 def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: MetricsLogger, rng, state: LoopState,
-                  env_id: str, progress: bool = True) -> dict:
-    """``cfg.offline_steps`` updates on offline data only (RO2O pretraining itself)."""
+                  env_id: str, progress: bool = True, stop: threading.Event | None = None) -> dict:
+    """``cfg.offline_steps`` updates on offline data only (RO2O pretraining itself); a set
+    ``stop`` (or Ctrl-C) ends it early with a checkpoint."""
     metrics: dict = {}
     bar = tqdm(total=cfg.offline_steps, initial=state.offline_updates, desc=f"offline {cfg.algo}", disable=None if progress else True)
-    while state.offline_updates < cfg.offline_steps:
-        metrics = learner.update(_to_tensors(source.sample(1, cfg.batch_size, offline_only=True), learner.device))
-        state.offline_updates += 1
-        if state.offline_updates % cfg.checkpoint_every == 0:
-            _checkpoint(cfg, learner, logger, rng, state, env_id)
-        bar.update(1)
-    bar.close()
+    try:
+        while state.offline_updates < cfg.offline_steps:
+            if stop is not None and stop.is_set():
+                _checkpoint(cfg, learner, logger, rng, state, env_id)
+                break
+            metrics = learner.update(_to_tensors(source.sample(1, cfg.batch_size, offline_only=True), learner.device))
+            state.offline_updates += 1
+            if state.offline_updates % cfg.checkpoint_every == 0:
+                _checkpoint(cfg, learner, logger, rng, state, env_id)
+            bar.update(1)
+    except KeyboardInterrupt:
+        _checkpoint(cfg, learner, logger, rng, state, env_id)
+        raise
+    finally:
+        bar.close()
     return {f"offline_{k}": float(v) for k, v in metrics.items()}
 
 
 def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, *, source: BatchSource,
         rng: np.random.Generator, state: LoopState, eval_env_id: str, heldout: dict | None = None,
-        fit_normalizer_on_warmup: bool = False, progress: bool = True, eval_env_kwargs: dict | None = None) -> dict:
+        fit_normalizer_on_warmup: bool = False, progress: bool = True, eval_env_kwargs: dict | None = None,
+        stop: threading.Event | None = None) -> dict:
     """Fine-tune ``learner`` online from ``state.env_steps`` to ``cfg.steps``; returns the last metrics.
+
+    A set ``stop`` (or a KeyboardInterrupt) ends the run between steps: the unfinished
+    episode is dropped and the checkpoint sits at the last episode end, where a resumed
+    run continues (a KeyboardInterrupt is re-raised after the checkpoint).
 
     An env with ``single_instance`` (a robot: there is one arm) is also the evaluation env;
     its evaluations wait for the end of the running episode. An env whose step ``info``
@@ -108,93 +154,115 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
         logger.log(step, {k: v for k, v in result.items() if isinstance(v, float)}, prefix="eval/")
         metrics = {**metrics, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}}
 
-    if state.env_steps == 0 and cfg.eval_episodes > 0:
-        evaluate(0)  # the offline start
-    episode = len(state.episode_rows)
-    obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
-    steps: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", *sim_keys)}
+    last_end = state.env_steps  # the step of the last stored episode's end: where an interrupted run checkpoints
     bar = tqdm(total=cfg.steps, initial=state.env_steps, desc=f"finetune {cfg.algo}", disable=None if progress else True)
-    next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    while state.env_steps < cfg.steps and time.monotonic() < deadline:
-        if state.env_steps < warmup and warmup_policy == "random":
-            action = rng.uniform(act_low, act_high).astype(np.float32)
-        else:
-            action = np.asarray(learner.act(obs, deterministic=False), np.float32)
-        pre_step = info.get("sim_state", {})
-        for k in sim_keys:
-            if k in pre_step:
-                steps[k].append(np.asarray(pre_step[k], np.float64).ravel())
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        for k, v in info.get("step_record", {}).items():
-            if k in steps:
-                steps[k].append(np.asarray(v, np.float64).ravel())
-        if "executed_action" in info:
-            action = np.asarray(info["executed_action"], np.float32)
-        for k, v in (("obs", obs), ("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
-            steps[k].append(v)
-        obs = next_obs
-        state.env_steps += 1
-        eval_step = cfg.eval_episodes > 0 and (state.env_steps % cfg.eval_every == 0 or state.env_steps == cfg.steps)
-        if shared and eval_step:
-            eval_due = state.env_steps
-        if terminated or truncated:
-            ep = {"obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
-                  "reward": np.asarray(steps["reward"], np.float32), "terminated": np.asarray(steps["terminated"], bool),
-                  "truncated": np.asarray(steps["truncated"], bool), "final_obs": np.asarray(obs, np.float32),
-                  "success": bool(info.get("success", False)),
-                  **{f"sim_state/{k}": np.asarray(steps[k]) for k in sim_keys}}
-            state.episode_rows.append(store.append_episode(ep, EpisodeAttrs(
-                source="online", checkpoint=f"{state.run_id}@{state.env_steps}", generator_hash=gen_hash,
-                quality=cfg.algo, seed=cfg.seed * 1_000_003 + episode)))
-            source.online.add_episode(ep)
-            logger.log(state.env_steps, {"return": float(ep["reward"].sum()), "success": float(ep["success"])},
-                       prefix="train_episode/")
-            episode += 1
-            if eval_due >= 0:  # before the next reset: evaluation takes the one arm between episodes
-                evaluate(eval_due)
-                eval_due = -1
-            obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
-            steps = {k: [] for k in steps}
-        if state.env_steps > warmup and source.ready():
-            if fit_normalizer_on_warmup and state.updates == 0:
-                data = source.online.arrays["obs"][: source.online.size]
-                learner.fit_normalizer(data.mean(0), data.var(0))  # from-scratch runs without offline data
-            start = time.perf_counter()
-            last_update = learner.update(_to_tensors(source.sample(utd, cfg.batch_size), learner.device))
-            update_time += time.perf_counter() - start
-            update_calls += 1
-            state.updates += 1
-            if state.first_update_step < 0:
-                state.first_update_step = state.env_steps
-        if state.env_steps % cfg.log_every == 0 and last_update:
-            metrics = {k: float(v) for k, v in last_update.items()}  # the host sync, once per log interval
-            metrics["updates_per_s"] = utd * update_calls / update_time if update_time > 0 else 0.0
-            metrics["online_transitions"] = float(source.online.size)
-            logger.log(state.env_steps, metrics, prefix="train/")
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("q_mean", "alpha") if k in metrics})
-            update_time, update_calls = 0.0, 0
-        if eval_step and not shared:
-            evaluate(state.env_steps)
-        if not steps["obs"] and state.env_steps >= next_checkpoint:  # an episode just ended: the buffer is whole
-            _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
-            next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        bar.update(1)
+    try:
+        if state.env_steps == 0 and cfg.eval_episodes > 0:
+            evaluate(0)  # the offline start
+        episode = len(state.episode_rows)
+        obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
+        steps: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", *sim_keys)}
+        next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        while state.env_steps < cfg.steps and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            if state.env_steps < warmup and warmup_policy == "random":
+                action = rng.uniform(act_low, act_high).astype(np.float32)
+            else:
+                action = np.asarray(learner.act(obs, deterministic=False), np.float32)
+            pre_step = info.get("sim_state", {})
+            for k in sim_keys:
+                if k in pre_step:
+                    steps[k].append(np.asarray(pre_step[k], np.float64).ravel())
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            for k, v in info.get("step_record", {}).items():
+                if k in steps:
+                    steps[k].append(np.asarray(v, np.float64).ravel())
+            if "executed_action" in info:
+                action = np.asarray(info["executed_action"], np.float32)
+            for k, v in (("obs", obs), ("action", action), ("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+                steps[k].append(v)
+            obs = next_obs
+            state.env_steps += 1
+            eval_step = cfg.eval_episodes > 0 and (state.env_steps % cfg.eval_every == 0 or state.env_steps == cfg.steps)
+            if shared and eval_step:
+                eval_due = state.env_steps
+            if terminated or truncated:
+                ep = {"obs": np.asarray(steps["obs"], np.float32), "action": np.asarray(steps["action"], np.float32),
+                      "reward": np.asarray(steps["reward"], np.float32), "terminated": np.asarray(steps["terminated"], bool),
+                      "truncated": np.asarray(steps["truncated"], bool), "final_obs": np.asarray(obs, np.float32),
+                      "success": bool(info.get("success", False)),
+                      **{f"sim_state/{k}": np.asarray(steps[k]) for k in sim_keys}}
+                state.episode_rows.append(store.append_episode(ep, EpisodeAttrs(
+                    source="online", checkpoint=f"{state.run_id}@{state.env_steps}", generator_hash=gen_hash,
+                    quality=cfg.algo, seed=cfg.seed * 1_000_003 + episode)))
+                last_end = state.env_steps
+                source.online.add_episode(ep)
+                logger.log(state.env_steps, {"return": float(ep["reward"].sum()), "success": float(ep["success"])},
+                           prefix="train_episode/")
+                episode += 1
+                if eval_due >= 0:  # before the next reset: evaluation takes the one arm between episodes
+                    evaluate(eval_due)
+                    eval_due = -1
+                obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
+                steps = {k: [] for k in steps}
+            if state.env_steps > warmup and source.ready():
+                if fit_normalizer_on_warmup and state.updates == 0:
+                    data = source.online.arrays["obs"][: source.online.size]
+                    learner.fit_normalizer(data.mean(0), data.var(0))  # from-scratch runs without offline data
+                start = time.perf_counter()
+                last_update = learner.update(_to_tensors(source.sample(utd, cfg.batch_size), learner.device))
+                update_time += time.perf_counter() - start
+                update_calls += 1
+                state.updates += 1
+                if state.first_update_step < 0:
+                    state.first_update_step = state.env_steps
+            if state.env_steps % cfg.log_every == 0 and last_update:
+                metrics = {k: float(v) for k, v in last_update.items()}  # the host sync, once per log interval
+                metrics["updates_per_s"] = utd * update_calls / update_time if update_time > 0 else 0.0
+                metrics["online_transitions"] = float(source.online.size)
+                logger.log(state.env_steps, metrics, prefix="train/")
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("q_mean", "alpha") if k in metrics})
+                update_time, update_calls = 0.0, 0
+            if eval_step and not shared:
+                evaluate(state.env_steps)
+            if not steps["obs"] and state.env_steps >= next_checkpoint:  # an episode just ended: the buffer is whole
+                _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+                next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        state.env_steps = last_end  # the unfinished episode is dropped and its steps redone on resume
+        _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+        raise
     bar.close()
-    if eval_due >= 0:
+    if stop is not None and stop.is_set():
+        state.env_steps = last_end  # as for a KeyboardInterrupt; no final evaluation
+    elif eval_due >= 0:
         evaluate(eval_due)
     # the unfinished episode is dropped: a resumed run redoes it from its reset seed
     _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
     return metrics
 
 
-def _build_learner(cfg: FinetuneConfig, obs_dim: int, act_dim: int, device: str, init_ckpt: dict | None):
-    algo_cfg = getattr(cfg, cfg.algo)
+def _flag_value(value) -> str:
+    """A config value as it is written on the command line."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def algo_config(cfg: FinetuneConfig, init_ckpt: dict | None):
+    """The algorithm's settings the learner is built with: the config's section, with what
+    the ``--init`` checkpoint fixes taken from it (WSRL: the network sizes; a run of the same
+    algorithm: all of it). A setting given that differs from the checkpoint's is refused:
+    one equal to its default cannot be told from an unset one and is replaced silently."""
+    asked = getattr(cfg, cfg.algo)
+    algo_cfg = asked
     if cfg.algo == "wsrl":
         if init_ckpt is None:
             raise ValueError("WSRL fine-tunes a pretrained policy: pass --init RUN (a Cal-QL or CQL run).")
         from agent.learners.wsrl import matching_config
 
-        algo_cfg = matching_config(algo_cfg, init_ckpt["algo"], init_ckpt["algo_config"])
+        algo_cfg = matching_config(asked, init_ckpt["algo"], init_ckpt["algo_config"])
     elif init_ckpt is not None and init_ckpt["algo"] == cfg.algo:
         algo_cfg = from_dict(LEARNERS[cfg.algo][1], init_ckpt["algo_config"])
     elif init_ckpt is not None:
@@ -204,7 +272,20 @@ def _build_learner(cfg: FinetuneConfig, obs_dim: int, act_dim: int, device: str,
         # lambda decays over the offline phase: a 100k-update decay cut short at 5k updates left lambda at 0.95,
         # and its drop to the online 0.1 at the switch made Q jump from 8 to 30 within 250 updates
         algo_cfg = replace(algo_cfg, ood_lambda_updates=max(cfg.offline_steps, 1))
-    learner = make_learner(cfg.algo, algo_cfg, obs_dim, act_dim, device=device)
+    if init_ckpt is not None:
+        default = type(asked)()
+        for f in dataclasses.fields(asked):
+            mine, taken = getattr(asked, f.name), getattr(algo_cfg, f.name)
+            if mine != taken and mine != getattr(default, f.name):
+                flag = f"--{cfg.algo}.{f.name.replace('_', '-')}"
+                raise ValueError(f"{flag} {_flag_value(mine)} differs from the {_flag_value(taken)} of the --init "
+                                 f"checkpoint {cfg.init!r}, which fine-tuning takes from it; drop {flag} or pass an "
+                                 f"--init run trained with {_flag_value(mine)}.")
+    return algo_cfg
+
+
+def _build_learner(cfg: FinetuneConfig, obs_dim: int, act_dim: int, device: str, init_ckpt: dict | None):
+    learner = make_learner(cfg.algo, algo_config(cfg, init_ckpt), obs_dim, act_dim, device=device)
     if init_ckpt is not None:
         if hasattr(learner, "load_pretrained"):
             learner.load_pretrained(init_ckpt["learner"])
@@ -237,30 +318,82 @@ class RunPlan:
     device: str
     gap: dict
     env_kwargs: dict
+    resume_ckpt: dict | None = None  # the run's own latest checkpoint, when resuming
 
 
 def resolve_run(cfg: FinetuneConfig, resume: bool) -> RunPlan:
     """The run directory, the ``--init`` checkpoint (or None), the env id, the device and
-    the env's keyword arguments (dynamics gap apart), checked before anything is built."""
+    the env's keyword arguments (dynamics gap apart), checked before anything is built
+    or written: the step budget against the warm-up and, when resuming, against the
+    checkpointed step, and the algorithm's settings against the ``--init`` checkpoint."""
     if not cfg.out:
         raise ValueError("finetune needs --out (the run directory).")
     run_dir = Path(cfg.out)
     if not resume and (run_dir / "checkpoints" / "latest.pt").exists():
         raise ValueError(f"run directory {str(run_dir)!r} already holds a checkpoint; pass --resume to continue it or choose another --out.")
+    resume_ckpt = None
+    if resume:
+        resume_ckpt = load_checkpoint(run_dir)
+        if resume_ckpt.get("algo") != cfg.algo:
+            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {resume_ckpt.get('algo')!r}, not {cfg.algo!r}.")
+        done = int(resume_ckpt["loop"]["env_steps"])
+        if cfg.steps < done:
+            raise ValueError(f"--steps must be at least the run's current step {done} to resume it, found {cfg.steps}; "
+                             f"pass --steps above {done} to continue it (or choose another --out to start over).")
+    warmup = int(loop_setting(cfg, "warmup_steps"))
+    if cfg.steps <= warmup:
+        raise ValueError(f"--steps must be above the warm-up of {warmup} environment steps (no update happens before "
+                         f"step {warmup + 1}), found {cfg.steps}; raise --steps or lower --warmup-steps.")
     init_ckpt = load_checkpoint(cfg.init) if cfg.init else None
     env_id = cfg.env or (init_ckpt or {}).get("env_id", "")
     if not env_id:
         raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
+    algo_config(cfg, init_ckpt)  # refuses settings the checkpoint overrides, before anything is written
     from agent.pretrain import resolve_device
 
     return RunPlan(run_dir, init_ckpt, env_id, resolve_device(cfg.device), parse_gap(cfg.sim_gap),
-                   parse_env_kwargs(cfg.env_kwargs))
+                   parse_env_kwargs(cfg.env_kwargs), resume_ckpt)
+
+
+def nothing_to_do(cfg: FinetuneConfig, plan: RunPlan) -> dict | None:
+    """For a resumed run already at ``cfg.steps`` (offline phase included): the result to
+    report instead of running, with nothing on disk touched; None when there is work."""
+    ckpt = plan.resume_ckpt
+    if ckpt is None:
+        return None
+    loop = ckpt["loop"]
+    if int(loop["env_steps"]) < cfg.steps or int(loop.get("offline_updates", 0)) < cfg.offline_steps:
+        return None
+    return {"run": str(plan.run_dir), "algo": cfg.algo, "env_steps": int(loop["env_steps"]), "updates": int(loop["updates"]),
+            "online_episodes": len(loop["episode_rows"]), "resumed": True,
+            "status": f"nothing to do: the run is already at step {cfg.steps}; pass --steps above {cfg.steps} to continue it"}
+
+
+def used_config(cfg: FinetuneConfig, plan: RunPlan, learner) -> FinetuneConfig:
+    """``cfg`` with what the run took from elsewhere filled in: the env and offline data of
+    the ``--init`` run and the algorithm's settings the learner was built with."""
+    data = cfg.data or ("" if cfg.real_data else _pretrained_data(cfg.init))
+    return replace(cfg, env=plan.env_id, data=data, **{cfg.algo: learner.cfg})
+
+
+def interrupted_message(run_dir: Path, online_store: Path) -> str:
+    """What an interrupted run left on disk, read back from its checkpoint, and how to go on."""
+    try:
+        ckpt = load_checkpoint(run_dir)
+    except ValueError:
+        return (f"agent finetune: stopped before the first checkpoint; nothing to resume: run the same command "
+                f"again without --resume.")
+    loop = ckpt.get("loop", {})
+    return (f"agent finetune: stopped and checkpointed at step {ckpt['step']}; {len(loop.get('episode_rows', []))} "
+            f"online episodes of this run are kept in {online_store} (an unfinished episode is dropped and redone); "
+            f"resume with: agent finetune --out {shlex.quote(str(run_dir))} --resume")
 
 
 @dataclass
 class RunParts:
     """What :func:`build_run` makes for a loop: the learner, its batch source and held-out
-    slice, the online store, the loop counters, and the checkpoint a resumed run came from."""
+    slice, the online store, the loop counters, the checkpoint a resumed run came from, and
+    the config as used (what ``config.yaml`` holds)."""
 
     learner: object
     rng: np.random.Generator
@@ -270,6 +403,7 @@ class RunParts:
     state: LoopState
     store: Store
     ckpt: dict | None
+    cfg: FinetuneConfig
 
 
 def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, env, resume: bool,
@@ -310,23 +444,26 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
                               {**plan.env_kwargs, **plan.gap})
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run_dir)
-        if ckpt.get("algo") != cfg.algo:
-            store.close()
-            raise ValueError(f"cannot resume: {run_dir}'s checkpoint is for {ckpt.get('algo')!r}, not {cfg.algo!r}.")
+        ckpt = plan.resume_ckpt if plan.resume_ckpt is not None else load_checkpoint(run_dir)
         learner.load_state_dict(ckpt["learner"])
         restore_rng(ckpt["rng"], rng)
         state = LoopState(**ckpt["loop"])
         for row in state.episode_rows:
             source.online.add_episode(store.episode(row))
-    return RunParts(learner, rng, source, heldout, init_ckpt is None and offline is None, state, store, ckpt)
+    return RunParts(learner, rng, source, heldout, init_ckpt is None and offline is None, state, store, ckpt,
+                    used_config(cfg, plan, learner))
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
     """Build env, learner, data and store from ``cfg``, restore a checkpoint when
-    resuming, and run the loop. ``make_source`` lets tests wrap the batch source."""
-    tune_cpu_allocator()
+    resuming, and run the loop. ``make_source`` lets tests wrap the batch source.
+    Interrupted (Ctrl-C), the run checkpoints, prints what it kept and the command that
+    resumes it on stderr, and re-raises KeyboardInterrupt."""
     plan = resolve_run(cfg, resume)
+    idle = nothing_to_do(cfg, plan)
+    if idle is not None:
+        return idle
+    tune_cpu_allocator()
     run_dir, env_id, env_kwargs = plan.run_dir, plan.env_id, plan.env_kwargs
     env = make_env(env_id, **env_kwargs, **plan.gap)
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
@@ -335,19 +472,26 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     except BaseException:
         env.close()
         raise
-    learner, source, state, store = parts.learner, parts.source, parts.state, parts.store
+    learner, source, state, store, cfg = parts.learner, parts.source, parts.state, parts.store, parts.cfg
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+    interrupted = False
     try:
         summary: dict = {}
-        if state.offline_updates < cfg.offline_steps:
-            summary.update(offline_phase(cfg, learner, source, logger, parts.rng, state, env_id, progress))
-        if hasattr(learner, "start_online"):
-            learner.start_online()
-        summary.update(run(cfg, learner, env, store, logger, source=source, rng=parts.rng, state=state, eval_env_id=env_id,
-                           heldout=parts.heldout, fit_normalizer_on_warmup=parts.from_scratch, eval_env_kwargs=env_kwargs,
-                           progress=progress))
+        with StopRequest() as stop:
+            try:
+                if state.offline_updates < cfg.offline_steps:
+                    summary.update(offline_phase(cfg, learner, source, logger, parts.rng, state, env_id, progress, stop.event))
+                if not stop.event.is_set():
+                    if hasattr(learner, "start_online"):
+                        learner.start_online()
+                    summary.update(run(cfg, learner, env, store, logger, source=source, rng=parts.rng, state=state,
+                                       eval_env_id=env_id, heldout=parts.heldout, fit_normalizer_on_warmup=parts.from_scratch,
+                                       eval_env_kwargs=env_kwargs, progress=progress, stop=stop.event))
+            except KeyboardInterrupt:
+                interrupted = True
+            interrupted = interrupted or stop.event.is_set()
     finally:
         logger.close()
         store.close()
@@ -355,7 +499,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
                "online_episodes": len(state.episode_rows), "offline_draws": source.offline_draws,
                "first_update_step": state.first_update_step, "resumed": resume, **summary}
+    if interrupted:
+        summary["interrupted"] = True
     (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
+    if interrupted:
+        print(interrupted_message(run_dir, Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr"),
+              file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
     return summary
 
 

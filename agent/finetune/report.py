@@ -4,7 +4,8 @@ Runs are grouped by algorithm (from each run's config.yaml); seeds of one algori
 aggregated at each evaluation step by the interquartile mean (IQM), with a 95%
 percentile-bootstrap band over seeds. Step 0 is the offline start (the evaluation
 before any online step), marked on the plot. Scores are normalized where the task
-has reference returns, raw returns otherwise.
+has reference returns, raw returns otherwise. Only fine-tuning runs are accepted, and
+runs of one env per report (``per_env`` writes one report per env).
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ import numpy as np
 import yaml
 
 from agent.logger import read_metrics
+from agent.optional import require
+
+# fields only `agent finetune` writes to a run's config.yaml
+FINETUNE_FIELDS = ("init", "online_store")
 
 
 def iqm(values) -> float:
@@ -42,6 +47,11 @@ def load_run(run_dir: str) -> dict:
     if not config.is_file():
         raise ValueError(f"{run_dir!r} is not a fine-tuning run directory (no config.yaml); pass directories written by `agent finetune`.")
     cfg = yaml.safe_load(config.read_text())
+    if not isinstance(cfg, dict) or not all(k in cfg for k in FINETUNE_FIELDS):
+        kind = "a pretraining run (`agent pretrain`)" if (path / "pretrain_summary.json").exists() or (
+            isinstance(cfg, dict) and "bc" in cfg) else "not a fine-tuning run"
+        raise ValueError(f"{run_dir!r} is {kind}, whose updates are offline; agent report plots the online steps of "
+                         f"runs written by `agent finetune`.")
     rows = [r for r in read_metrics(path) if "eval/return_mean" in r]
     if not rows:
         raise ValueError(f"run {run_dir!r} has no evaluations in metrics.jsonl yet; run it with --eval-episodes above 0.")
@@ -49,8 +59,18 @@ def load_run(run_dir: str) -> dict:
     curve: dict[int, float] = {}
     for r in rows:  # the last value per step wins (a resumed run redoes some)
         curve[int(r["step"])] = float(r[key])
-    return {"run": str(path), "algo": cfg.get("algo", "?"), "env": cfg.get("env", ""), "seed": cfg.get("seed"),
+    return {"run": str(path), "algo": cfg.get("algo", "?"), "env": cfg.get("env") or _checkpoint_env(path), "seed": cfg.get("seed"),
             "metric": key, "steps": sorted(curve), "values": [curve[s] for s in sorted(curve)]}
+
+
+def _checkpoint_env(path: Path) -> str:
+    """The env a run trained in when its config left it to the pretrained run."""
+    from agent.checkpoint import load_checkpoint
+
+    try:
+        return str(load_checkpoint(path).get("env_id") or "")
+    except ValueError:
+        return ""
 
 
 def summarize_algo(runs: list[dict], dip_window: float = 0.2) -> dict:
@@ -84,13 +104,9 @@ def markdown_table(algos: dict) -> str:
 
 
 def plot(algos: dict, path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("agent report draws with matplotlib; install it with `pip install -e '.[bench]'`.") from None
+    matplotlib = require("matplotlib", "agent report (drawing curves.png)")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "agent report (drawing curves.png)")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, s in algos.items():
         x = [c["step"] for c in s["curve"]]
@@ -111,16 +127,37 @@ def plot(algos: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def report(run_dirs: list[str], out: str, title: str = "") -> dict:
-    """Write ``curves.png``, ``report.md`` and ``report.json`` to ``out``."""
+def report(run_dirs: list[str], out: str, title: str = "", per_env: bool = False) -> dict:
+    """Write ``curves.png``, ``report.md`` and ``report.json`` to ``out``; runs of several
+    envs are refused, or with ``per_env`` reported separately under ``out/<env>``."""
     if not run_dirs:
         raise ValueError("report needs at least one run directory.")
     runs = [load_run(r) for r in run_dirs]
+    by_env: dict[str, list[dict]] = {}
+    for r in runs:
+        by_env.setdefault(r["env"], []).append(r)
+    if len(by_env) > 1:
+        if not per_env:
+            listing = "; ".join(f"{env or 'unknown env'}: {', '.join(r['run'] for r in group)}" for env, group in by_env.items())
+            raise ValueError(f"the runs are of {len(by_env)} envs ({listing}); report one env at a time, or pass "
+                             f"--per-env for one report per env.")
+        reports = {env: _report_one(group, Path(out) / (env.replace("/", "_") or "unknown-env"), title)
+                   for env, group in by_env.items()}
+        table = "".join(f"\n{env}:\n{r['table']}" for env, r in reports.items())
+        result = {"envs": sorted(by_env), "reports": reports, "runs": [r["run"] for r in runs],
+                  "png": ", ".join(r["png"] for r in reports.values()),
+                  "markdown": ", ".join(r["markdown"] for r in reports.values()), "table": table}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.json").write_text(json.dumps(result, indent=2))
+        return result
+    return _report_one(runs, Path(out), title)
+
+
+def _report_one(runs: list[dict], out_dir: Path, title: str) -> dict:
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(r["algo"], []).append(r)
     algos = {name: summarize_algo(group) for name, group in groups.items()}
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     envs = sorted({r["env"] for r in runs if r["env"]})
     plot(algos, out_dir / "curves.png", title or ", ".join(envs) or "fine-tuning")

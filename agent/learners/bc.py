@@ -25,9 +25,9 @@ from agent.nets import DeterministicActor, GaussianActor, ObsNormalizer, mse
 @dataclass
 class BCConfig:
     head: Literal["gaussian", "deterministic"] = option("gaussian", "policy head: Gaussian likelihood or deterministic regression")
-    hidden_dims: list[int] = option([256, 256], "widths of the actor's hidden layers")
-    lr: float = option(3e-4, "Adam learning rate")
-    weight_decay: float = option(0.0, "Adam weight decay")
+    hidden_dims: list[int] = option([256, 256], "widths of the actor's hidden layers", min=1)
+    lr: float = option(3e-4, "Adam learning rate", gt=0)
+    weight_decay: float = option(0.0, "Adam weight decay", min=0)
 
 
 def gaussian_bc_loss(actor: GaussianActor, batch: dict) -> tuple[torch.Tensor, dict]:

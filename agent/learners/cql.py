@@ -30,21 +30,21 @@ from agent.nets import CriticEnsemble, TanhGaussianActor, soft_update
 
 @dataclass
 class CQLConfig:
-    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(2, "critics in the ensemble")
+    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(2, "critics in the ensemble", min=1)
     layer_norm: bool = option(False, "LayerNorm after each hidden layer of the critics")
-    alpha_cql: float = option(5.0, "weight of the conservative penalty")
-    num_sampled_actions: int = option(10, "actions sampled per source (uniform, pi(s), pi(s')) for the log-sum-exp")
-    cql_temperature: float = option(1.0, "temperature T of the log-sum-exp")
+    alpha_cql: float = option(5.0, "weight of the conservative penalty", min=0)
+    num_sampled_actions: int = option(10, "actions sampled per source (uniform, pi(s), pi(s')) for the log-sum-exp", min=1)
+    cql_temperature: float = option(1.0, "temperature T of the log-sum-exp", gt=0)
     lagrange: bool = option(False, "tune the penalty weight to keep the gap at target_action_gap")
-    target_action_gap: float = option(5.0, "target of the Lagrange variant")
+    target_action_gap: float = option(5.0, "target of the Lagrange variant", min=0)
     max_backup: bool = option(False, "target: max over sampled next actions of the ensemble min")
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
-    actor_lr: float = option(1e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(1e-4, "temperature learning rate (the Lagrange multiplier uses critic_lr, as in the reference code)")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    actor_lr: float = option(1e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    alpha_lr: float = option(1e-4, "temperature learning rate (the Lagrange multiplier uses critic_lr, as in the reference code)", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:

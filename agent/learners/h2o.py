@@ -40,25 +40,25 @@ from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Tempera
 
 @dataclass
 class H2OConfig:
-    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(2, "critics in the ensemble")
-    discriminator_dims: list[int] = option([256, 256], "hidden widths of both discriminators")
-    discriminator_noise: float = option(0.1, "std of Gaussian noise on the discriminators' (normalized) inputs while training")
-    discriminator_lr: float = option(3e-4, "discriminator learning rate")
-    penalty_weight: float = option(0.01, "beta: weight of the sim-vs-real value gap penalty")
-    omega_samples: int = option(10, "n: next states sampled per (s, a) for u(s, a)")
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(2, "critics in the ensemble", min=1)
+    discriminator_dims: list[int] = option([256, 256], "hidden widths of both discriminators", min=1)
+    discriminator_noise: float = option(0.1, "std of Gaussian noise on the discriminators' (normalized) inputs while training", min=0)
+    discriminator_lr: float = option(3e-4, "discriminator learning rate", gt=0)
+    penalty_weight: float = option(0.01, "beta: weight of the sim-vs-real value gap penalty", min=0)
+    omega_samples: int = option(10, "n: next states sampled per (s, a) for u(s, a)", min=1)
     omega_next_states: Literal["model", "noise"] = option(
         "model", "where u's next states come from: a learned sim dynamics model (paper) or sim s' + data-std noise (released code)")
-    model_dims: list[int] = option([256, 256], "hidden widths of the dynamics model (omega_next_states=model)")
-    model_lr: float = option(1e-3, "dynamics model learning rate")
-    ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1)")
+    model_dims: list[int] = option([256, 256], "hidden widths of the dynamics model (omega_next_states=model)", min=1)
+    model_lr: float = option(1e-3, "dynamics model learning rate", gt=0)
+    ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1)", gt=0, max=1)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
-    actor_lr: float = option(3e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(3e-4, "temperature learning rate")
-    initial_alpha: float = option(1.0, "initial temperature")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    actor_lr: float = option(3e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    alpha_lr: float = option(3e-4, "temperature learning rate", gt=0)
+    initial_alpha: float = option(1.0, "initial temperature", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 class Discriminators(nn.Module):

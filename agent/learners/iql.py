@@ -23,16 +23,16 @@ from agent.nets import CriticEnsemble, GaussianActor, ObsNormalizer, ValueNetwor
 
 @dataclass
 class IQLConfig:
-    hidden_dims: list[int] = option([256, 256], "hidden widths of actor, critics and value")
-    num_critics: int = option(2, "critics in the ensemble")
-    expectile: float = option(0.7, "expectile tau of the value regression")
-    beta: float = option(3.0, "inverse temperature of the advantage weights")
-    max_weight: float = option(100.0, "clip of exp(beta * advantage)")
-    actor_lr: float = option(3e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    value_lr: float = option(3e-4, "value learning rate")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor, critics and value", min=1)
+    num_critics: int = option(2, "critics in the ensemble", min=1)
+    expectile: float = option(0.7, "expectile tau of the value regression", gt=0, lt=1)
+    beta: float = option(3.0, "inverse temperature of the advantage weights", min=0)
+    max_weight: float = option(100.0, "clip of exp(beta * advantage)", gt=0)
+    actor_lr: float = option(3e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    value_lr: float = option(3e-4, "value learning rate", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

@@ -30,18 +30,18 @@ from agent.nets import soft_update
 
 @dataclass
 class RLPDConfig:
-    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(10, "critics in the ensemble")
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(10, "critics in the ensemble", min=1)
     layer_norm: bool = option(True, "LayerNorm after each hidden layer of the critics (RLPD's key stabilizer)")
-    target_subset: int = option(2, "members drawn at random whose min forms the target")
+    target_subset: int = option(2, "members drawn at random whose min forms the target", min=1)
     actor_reduce: Literal["mean", "min"] = option("mean", "how the actor loss reduces the ensemble")
-    target_entropy_scale: float = option(0.5, "target entropy = -scale * |A| (0.5 in the released code, 1.0 in SAC)")
-    actor_lr: float = option(3e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(3e-4, "temperature learning rate")
-    initial_alpha: float = option(1.0, "initial temperature")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    target_entropy_scale: float = option(0.5, "target entropy = -scale * |A| (0.5 in the released code, 1.0 in SAC)", min=0)
+    actor_lr: float = option(3e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    alpha_lr: float = option(3e-4, "temperature learning rate", gt=0)
+    initial_alpha: float = option(1.0, "initial temperature", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 class RLPD(LearnerParts):

@@ -18,8 +18,8 @@ from agent.learners.sacn import SACN, SACNConfig
 
 @dataclass
 class SACConfig(SACNConfig):
-    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(2, "critics in the ensemble; the target and the actor take the min over all")
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(2, "critics in the ensemble; the target and the actor take the min over all", min=1)
 
 
 class SAC(SACN):

@@ -22,15 +22,15 @@ from agent.nets import module_params, soft_update
 
 @dataclass
 class SACNConfig:
-    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(10, "critics in the ensemble (N)")
+    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(10, "critics in the ensemble (N)", min=1)
     layer_norm: bool = option(False, "LayerNorm after each hidden layer of the critics")
-    actor_lr: float = option(3e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    alpha_lr: float = option(3e-4, "temperature learning rate")
-    initial_alpha: float = option(1.0, "initial temperature")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    actor_lr: float = option(3e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    alpha_lr: float = option(3e-4, "temperature learning rate", gt=0)
+    initial_alpha: float = option(1.0, "initial temperature", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 class SACN(LearnerParts):

@@ -21,16 +21,16 @@ from agent.nets import CriticEnsemble, DeterministicActor, ObsNormalizer, soft_u
 
 @dataclass
 class TD3BCConfig:
-    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics")
-    num_critics: int = option(2, "critics in the ensemble")
-    alpha: float = option(2.5, "weight of the Q term relative to behaviour cloning")
-    policy_noise: float = option(0.2, "std of the target policy smoothing noise")
-    noise_clip: float = option(0.5, "clip of the target policy smoothing noise")
-    policy_freq: int = option(2, "critic updates per actor update")
-    actor_lr: float = option(3e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+    hidden_dims: list[int] = option([256, 256], "hidden widths of actor and critics", min=1)
+    num_critics: int = option(2, "critics in the ensemble", min=1)
+    alpha: float = option(2.5, "weight of the Q term relative to behaviour cloning", min=0)
+    policy_noise: float = option(0.2, "std of the target policy smoothing noise", min=0)
+    noise_clip: float = option(0.5, "clip of the target policy smoothing noise", min=0)
+    policy_freq: int = option(2, "critic updates per actor update", min=1)
+    actor_lr: float = option(3e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 def td3_target(critic_target: CriticEnsemble, actor_target: DeterministicActor, batch: dict, cfg: TD3BCConfig) -> torch.Tensor:

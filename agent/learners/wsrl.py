@@ -41,21 +41,21 @@ PRETRAINED_ALGOS = ("calql", "cql", "sacn")
 
 @dataclass
 class WSRLConfig:
-    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics (taken from the pretrained run)")
-    num_critics: int = option(10, "critics in the ensemble (taken from the pretrained run)")
+    hidden_dims: list[int] = option([256, 256, 256], "hidden widths of actor and critics (taken from the pretrained run)", min=1)
+    num_critics: int = option(10, "critics in the ensemble (taken from the pretrained run)", min=1)
     layer_norm: bool = option(True, "LayerNorm in the critics (taken from the pretrained run)")
     actor_layer_norm: bool = option(False, "LayerNorm in the actor (the pretrained CQL/Cal-QL actors have none)")
-    target_subset: int = option(2, "members drawn at random whose min forms the target (REDQ)")
+    target_subset: int = option(2, "members drawn at random whose min forms the target (REDQ)", min=1)
     actor_reduce: Literal["min", "mean"] = option("min", "actor loss over the ensemble: min or mean (REDQ)")
     target_entropy_scale: float = option(1.0, "target entropy = -scale * |A| (1.0 as in SAC, 0.5 in the "
-                                                   "wsrl-robot release and RLPD)")
+                                                   "wsrl-robot release and RLPD)", min=0)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target (WSRL does not)")
-    actor_lr: float = option(1e-4, "actor learning rate")
-    critic_lr: float = option(3e-4, "critic learning rate")
+    actor_lr: float = option(1e-4, "actor learning rate", gt=0)
+    critic_lr: float = option(3e-4, "critic learning rate", gt=0)
     alpha_lr: float = option(1e-4, "temperature learning rate (the papers'; runs of a few thousand updates need ~3e-3, "
-                                   "or the entropy bonus widens the pretrained policy before the temperature falls)")
-    gamma: float = option(0.99, "discount")
-    tau: float = option(5e-3, "target update rate")
+                                   "or the entropy bonus widens the pretrained policy before the temperature falls)", gt=0)
+    gamma: float = option(0.99, "discount", min=0, max=1)
+    tau: float = option(5e-3, "target update rate", gt=0, max=1)
 
 
 def matching_config(cfg: WSRLConfig, pretrained_algo: str, pretrained_config: dict) -> WSRLConfig:
