@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 from tqdm import tqdm
 
-from agent.config import from_dict, option, to_dict
+from agent.config import check_ranges, from_dict, option, to_dict
 from agent.envs import make_env, reference_returns
 from agent.store import EpisodeAttrs, Store
 
@@ -261,6 +261,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     """Roll out ``cfg.episodes`` episodes into ``cfg.out``, continuing the seeds of the
     recipe's earlier runs there. Ctrl-C keeps the episodes already appended, says how
     many and how to continue on stderr, and re-raises."""
+    check_ranges(cfg)
     _check(cfg)
     env = make_env(cfg.env)
     store: Store | None = None

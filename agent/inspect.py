@@ -12,6 +12,10 @@ from agent.store import Store
 
 def summarize_store(store: Store) -> dict:
     attrs = store.episode_attrs()
+    # an import whose format states no success stores False for it; report that as unknown, not 0
+    imported = store.attrs.get("imported_from") or {}
+    unknown_success = attrs["source"] == "imported" if imported.get("success_recorded", True) is False \
+        else np.zeros(len(attrs["source"]), bool)
     by_source = {}
     for source in sorted(set(attrs["source"].tolist())):
         mask = attrs["source"] == source
@@ -22,7 +26,7 @@ def summarize_store(store: Store) -> dict:
             "return_mean": float(returns.mean()),
             "return_std": float(returns.std()),
             "normalized_score": normalized_score(store.env_id, float(returns.mean())),
-            "success_rate": float(attrs["success"][mask].mean()),
+            "success_rate": None if unknown_success[mask].any() else float(attrs["success"][mask].mean()),
             "quality": sorted(set(attrs["quality"][mask].tolist())),
             "splits": dict(sorted(Counter(attrs["split"][mask].tolist()).items())),
         }
@@ -47,7 +51,7 @@ def summarize_store(store: Store) -> dict:
         "steps": store.num_steps,
         "return_mean": float(returns.mean()) if returns.size else None,
         "normalized_score": normalized_score(store.env_id, float(returns.mean())) if returns.size else None,
-        "success_rate": float(attrs["success"].mean()) if returns.size else None,
+        "success_rate": float(attrs["success"].mean()) if returns.size and not unknown_success.any() else None,
         "episode_length": {"min": int(attrs["length"].min()), "max": int(attrs["length"].max())} if returns.size else None,
         "by_source": by_source,
         "lineage": lineage,
@@ -63,7 +67,8 @@ def format_summary(s: dict) -> str:
     if s["normalized_score"] is not None:
         lines.append(f"mean return {s['return_mean']:.1f}  (normalized {s['normalized_score']:.1f})")
     elif s["return_mean"] is not None:
-        lines.append(f"mean return {s['return_mean']:.1f}  success {s['success_rate']:.2f}  "
+        success = "unknown" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
+        lines.append(f"mean return {s['return_mean']:.1f}  success {success}  "
                      f"length {s['episode_length']['min']}..{s['episode_length']['max']}")
     lines.append("")
     lines.append(f"{'source':<12}{'episodes':>9}{'steps':>10}{'return':>16}{'norm.':>8}{'success':>9}  quality / splits")
@@ -71,7 +76,8 @@ def format_summary(s: dict) -> str:
         norm = "-" if r["normalized_score"] is None else f"{r['normalized_score']:.1f}"
         ret = f"{r['return_mean']:.1f}±{r['return_std']:.1f}"
         splits = ",".join(f"{k}:{v}" for k, v in r["splits"].items())
-        lines.append(f"{src:<12}{r['episodes']:>9}{r['steps']:>10}{ret:>16}{norm:>8}{r['success_rate']:>9.2f}  "
+        success = "unknown" if r["success_rate"] is None else f"{r['success_rate']:.2f}"
+        lines.append(f"{src:<12}{r['episodes']:>9}{r['steps']:>10}{ret:>16}{norm:>8}{success:>9}  "
                      f"{','.join(q for q in r['quality'] if q) or '-'} / {splits}")
     lin = s["lineage"]
     lines.append("")

@@ -212,8 +212,8 @@ def test_sigint_stops_both_in_order_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("control_rate", -5.0, "control-rate must be a rate in Hz >= 0"),
-    ("weight_push_seconds", 0.0, "weight-push-seconds must be a positive number of seconds, found 0.0"),
+    ("control_rate", -5.0, "config field 'control_rate' must be at least 0, got -5.0"),
+    ("weight_push_seconds", 0.0, "config field 'weight_push_seconds' must be above 0, got 0.0"),
     ("env", "sims/NoSuchArm-v0", "the actor stopped: unknown env id 'sims/NoSuchArm-v0'"),
 ])
 def test_bad_settings_are_refused_in_one_sentence(tmp_path, field, value, match):

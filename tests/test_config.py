@@ -124,3 +124,14 @@ def test_a_config_built_in_python_is_checked_by_pretrain(tmp_path):
     with pytest.raises(ValueError, match="'batch_size' must be at least 1, got 0"):
         pretrain(PretrainConfig(data=str(tmp_path), out=str(tmp_path / "r"), batch_size=0))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_config_built_in_python_is_checked_by_collect_and_finetune(tmp_path):
+    from agent.collect import CollectConfig, collect
+    from agent.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(ValueError, match="'episodes' must be at least 1, got 0"):
+        collect(CollectConfig(env="sims/ArmReach-v0", out=str(tmp_path / "s.zarr"), episodes=0), progress=False)
+    with pytest.raises(ValueError, match="'steps' must be at least 1, got -5"):
+        finetune(FinetuneConfig(env="sims/ArmReach-v0", algo="sac", out=str(tmp_path / "r"), steps=-5), progress=False)
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "r").exists()

@@ -167,6 +167,11 @@ def test_d4rl_success_is_not_recorded_unless_the_file_states_it(tmp_path, rng):
     result = import_dataset("d4rl", tmp_path / "d.hdf5", tmp_path / "s.zarr")
     store = Store.open(tmp_path / "s.zarr")
     assert result["notes"]["success"].startswith("not recorded") and not store.attrs["imported_from"]["success_recorded"]
+    # inspect says unknown, not a success rate of 0
+    from agent.inspect import format_summary, summarize_store
+    summary = summarize_store(store)
+    assert summary["success_rate"] is None and summary["by_source"]["imported"]["success_rate"] is None
+    assert "unknown" in format_summary(summary)
     # exporting it again does not invent a success column
     export_dataset("d4rl", tmp_path / "s.zarr", tmp_path / "e.hdf5")
     with h5py.File(tmp_path / "e.hdf5") as f:

@@ -8,6 +8,7 @@
 * :mod:`agent.finetune.diagnostics` -- evaluation with Q calibration, held-out TD error.
 * :mod:`agent.finetune.report` -- learning curves and a markdown table across runs.
 """
+from agent.config import check_ranges
 from agent.finetune import loop as _loop
 from agent.finetune.config import ALGO_DEFAULTS, FinetuneConfig
 from agent.finetune.loop import LoopState, run
@@ -16,6 +17,7 @@ from agent.finetune.loop import LoopState, run
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
     """Run ``agent finetune``: the single-process loop, or actor and learner in two
     processes when ``cfg.actor_learner`` is set. ``make_source`` lets tests wrap the batch source."""
+    check_ranges(cfg)  # a config built in Python gets the same refusals as one from flags
     if cfg.actor_learner:
         from agent.finetune.actor_learner import finetune_actor_learner
 
