@@ -204,10 +204,12 @@ def cmd_eval(args) -> int:
                              f"environment; pass --env ID naming one with observations of size {ckpt.get('obs_dim')} "
                              f"and actions of size {ckpt.get('act_dim')}.")
         make_policy = policy_maker(cfg.run, env_id, cfg.deterministic)
+        # the store's env arguments (an imported dataset's time limit, say) apply in the run's own env only
+        env_kwargs = {} if cfg.env else dict(ckpt.get("env_kwargs") or {})
     else:
         if not cfg.env:
             raise ValueError("eval --policy needs --env.")
-        env_id = cfg.env
+        env_id, env_kwargs = cfg.env, {}
         from sims.experts import RandomPolicy, make_expert
 
         if cfg.policy == "scripted":
@@ -218,7 +220,8 @@ def cmd_eval(args) -> int:
                 return RandomPolicy(int(np.prod(env.action_space.shape)), seed=cfg.seed)
         else:
             raise ValueError(f"--policy must be 'scripted' or 'random', got {cfg.policy!r}.")
-    result = evaluate(env_id, make_policy, cfg.episodes, seed=cfg.seed, progress=True, video=cfg.video, video_episodes=cfg.video_episodes)
+    result = evaluate(env_id, make_policy, cfg.episodes, seed=cfg.seed, env_kwargs=env_kwargs, progress=True, video=cfg.video,
+                      video_episodes=cfg.video_episodes)
     if cfg.run and Path(cfg.run).is_dir():
         (Path(cfg.run) / "eval.json").write_text(json.dumps(result, indent=2))
     shown = {k: v for k, v in result.items() if k != "returns"}

@@ -35,9 +35,9 @@ def is_registered(env_id: str) -> bool:
     return env_id in gymnasium.registry
 
 
-def env_sizes(env_id: str) -> tuple[int, int]:
+def env_sizes(env_id: str, env_kwargs: dict | None = None) -> tuple[int, int]:
     """(observation size, action size) of ``env_id``; an unknown id is refused with the known ones."""
-    env = make_env(env_id)
+    env = make_env(env_id, **(env_kwargs or {}))
     try:
         return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     finally:

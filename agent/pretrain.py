@@ -165,9 +165,10 @@ class _HoldInterrupt:
 
 
 def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger, rng: np.random.Generator,
-        start_step: int = 0, env_id: str | None = None, progress: bool = True, eval_env: str | None = None) -> dict:
-    """Train ``learner`` from ``start_step`` to ``cfg.steps``, evaluating in ``eval_env`` (none: no
-    evaluation); returns the last metrics. On Ctrl-C the last whole step is checkpointed and
+        start_step: int = 0, env_id: str | None = None, progress: bool = True, eval_env: str | None = None,
+        eval_env_kwargs: dict | None = None) -> dict:
+    """Train ``learner`` from ``start_step`` to ``cfg.steps``, evaluating in ``eval_env`` made with
+    ``eval_env_kwargs`` (none: no evaluation); returns the last metrics. On Ctrl-C the last whole step is checkpointed and
     :class:`TrainingInterrupted` raised."""
     env_id = env_id or source.cache.env_id
     metrics: dict[str, float] = {}
@@ -176,6 +177,7 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
     def checkpoint(step: int) -> None:
         save_checkpoint(logger.run_dir, step, {
             "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
+            "env_kwargs": dict(eval_env_kwargs or {}),
             "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
             "learner": learner.state_dict(), "rng": {**rng_state(rng), "sampler": source.state()},
         })
@@ -195,7 +197,8 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
                 hold.step_done()
                 if eval_env and cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                    result = evaluate(eval_env, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes)
+                    result = evaluate(eval_env, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes,
+                                      env_kwargs=eval_env_kwargs)
                     hold.in_step = True
                     logger.log(step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
                                       if result[k] is not None}, prefix="eval/")
@@ -218,8 +221,9 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
     return metrics
 
 
-def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, str | None]:
-    """The env evaluations run in (None: none) and, when there is none, a note saying why."""
+def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, dict, str | None]:
+    """The env evaluations run in (None: none), its keyword arguments (the store's own, such as an
+    imported dataset's time limit, when it is the store's env) and, when there is none, a note saying why."""
     if cfg.env:
         sizes = env_sizes(cfg.env)  # refuses an unknown id with the known ones
         if sizes != (store.obs_dim, store.action_dim):
@@ -227,19 +231,20 @@ def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, str 
                 f"--env {cfg.env} has observations of size {sizes[0]} and actions of size {sizes[1]}, but store "
                 f"{cfg.data!r} holds observations of size {store.obs_dim} and actions of size {store.action_dim}; "
                 f"choose an env of the store's sizes.")
-        return cfg.env, None
+        return cfg.env, {}, None
     if cfg.eval_episodes == 0:
-        return None, None
+        return None, {}, None
     if not is_registered(store.env_id):
-        return None, (f"not evaluated: the store's env id {store.env_id!r} is not a registered environment; "
+        return None, {}, (f"not evaluated: the store's env id {store.env_id!r} is not a registered environment; "
                       f"pass --env ID to evaluate in one with observations of size {store.obs_dim} and actions of size "
                       f"{store.action_dim}")
-    sizes = env_sizes(store.env_id)
+    env_kwargs = dict(store.attrs.get("env_kwargs") or {})
+    sizes = env_sizes(store.env_id, env_kwargs)
     if sizes != (store.obs_dim, store.action_dim):
         raise ValueError(
             f"store {cfg.data!r} has observations of size {store.obs_dim} and actions of size {store.action_dim}, "
             f"but {store.env_id} has {sizes[0]} and {sizes[1]}.")
-    return store.env_id, None
+    return store.env_id, env_kwargs, None
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -274,7 +279,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     if ckpt is not None and (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
         raise ValueError(f"cannot resume: {run_dir}'s checkpoint has observations of size {ckpt['obs_dim']} and actions of "
                          f"size {ckpt['act_dim']}, but store {cfg.data!r} holds {obs_dim} and {act_dim}.")
-    eval_env, note = _evaluation_env(cfg, store)
+    eval_env, eval_env_kwargs, note = _evaluation_env(cfg, store)
     cache = load_transitions(store)
     rng = seed_everything(cfg.seed)
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
@@ -296,7 +301,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     logger = MetricsLogger(run_dir, resume_step=start if resume else None)
     try:
         metrics = run(cfg, learner, source, logger, rng, start_step=start, env_id=cfg.env or store.env_id,
-                      progress=progress, eval_env=eval_env)
+                      progress=progress, eval_env=eval_env, eval_env_kwargs=eval_env_kwargs)
     finally:
         logger.close()
     summary = {"run": str(run_dir), "steps": cfg.steps, "resumed_from": start if resume else None, **metrics}

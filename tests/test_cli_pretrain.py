@@ -131,3 +131,29 @@ def test_ctrl_c_checkpoints_the_current_step_and_the_run_resumes_from_it(importe
     resumed = [m for m in read_metrics(run_dir) if m["step"] > step]
     straight = [m for m in read_metrics(tmp_path / "straight") if m["step"] > step]
     assert resumed and resumed == straight
+
+
+def test_the_stores_env_arguments_apply_to_evaluation_in_its_own_env(tmp_path, capsys):
+    """A store made with env arguments (an imported dataset's time limit) is evaluated with them,
+    during pretraining and by `agent eval --run`; --env evaluates in that env as it is."""
+    from gymnasium import spaces
+
+    from agent.store import EpisodeAttrs, Store
+    from helpers import make_episode
+
+    rng = np.random.default_rng(0)
+    store = Store.create(tmp_path / "s.zarr", env_id="sims/ArmReach-v0", env_kwargs={"max_episode_steps": 7},
+                         observation_space=spaces.Box(-np.inf, np.inf, (OBS,), np.float32),
+                         action_space=spaces.Box(-1.0, 1.0, (ACT,), np.float32))
+    for _ in range(2):
+        store.append_episode(make_episode(rng, 20, obs_dim=OBS, act_dim=ACT), EpisodeAttrs(source="imported"))
+    code, out, err = run(capsys, "pretrain", "--data", tmp_path / "s.zarr", "--algo", "bc", "--out", tmp_path / "run",
+                         "--steps", "5", "--eval-episodes", "1", "--json", *TINY)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "run")["env_kwargs"] == {"max_episode_steps": 7}
+    code, out, err = run(capsys, "eval", "--run", tmp_path / "run", "--episodes", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["length_mean"] == 7
+    code, out, err = run(capsys, "eval", "--run", tmp_path / "run", "--env", "sims/ArmReach-v0", "--episodes", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["length_mean"] > 7
