@@ -142,7 +142,9 @@ class _LeanAdam:
         plan = opt.__dict__.get("_lean_adam")
         if plan is not None and plan.state is opt.state and len(opt.param_groups) == 1 and plan.group is opt.param_groups[0] \
                 and len(plan.group["params"]) == len(plan.params):
-            return plan if not (_global_optimizer_pre_hooks or _global_optimizer_post_hooks) else None
+            hooked = _global_optimizer_pre_hooks or _global_optimizer_post_hooks \
+                or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks  # hooks added after the plan
+            return None if hooked else plan
         if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or opt._optimizer_step_pre_hooks \
                 or _global_optimizer_pre_hooks or _global_optimizer_post_hooks \
                 or opt._optimizer_step_post_hooks:
