@@ -60,7 +60,7 @@ class Pattern(typing.NamedTuple):
 
 
 # named so that a config module declares ``pattern="device"`` without importing anything
-PATTERNS = {"device": Pattern(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N")}
+PATTERNS = {"device": Pattern(r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, mps, cuda or cuda:N")}
 
 
 def _num(x) -> str:

@@ -56,7 +56,8 @@ def _prepare_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise ValueError(f"--out {str(out)!r} holds files the demo did not write (no {MARKER} marker); "
-                             f"choose a new or empty directory.")
+                             f"choose a new or empty directory with --out, or delete {str(out)!r} if it only holds an "
+                             f"older demo's output (`make demo` writes to runs/demo).")
         for path in _outputs(out):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

@@ -61,6 +61,8 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ValueError(f"device {name!r} was requested but torch sees {torch.cuda.device_count()} CUDA device(s); "
                          f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was requested but torch sees no Apple GPU (MPS); use --device cpu.")
     return name
 
 
@@ -166,9 +168,9 @@ class _HoldInterrupt:
 
 def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger, rng: np.random.Generator,
         start_step: int = 0, env_id: str | None = None, progress: bool = True, eval_env: str | None = None,
-        eval_env_kwargs: dict | None = None) -> dict:
+        env_kwargs: dict | None = None) -> dict:
     """Train ``learner`` from ``start_step`` to ``cfg.steps``, evaluating in ``eval_env`` made with
-    ``eval_env_kwargs`` (none: no evaluation); returns the last metrics. On Ctrl-C the last whole step is checkpointed and
+    ``env_kwargs`` (no ``eval_env``: no evaluation); returns the last metrics. On Ctrl-C the last whole step is checkpointed and
     :class:`TrainingInterrupted` raised."""
     env_id = env_id or source.cache.env_id
     metrics: dict[str, float] = {}
@@ -177,12 +179,20 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
     def checkpoint(step: int) -> None:
         save_checkpoint(logger.run_dir, step, {
             "algo": cfg.algo, "algo_config": to_dict(algo_config(cfg)), "env_id": env_id,
-            "env_kwargs": dict(eval_env_kwargs or {}),
+            "env_kwargs": dict(env_kwargs or {}),
             "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
             "learner": learner.state_dict(), "rng": {**rng_state(rng), "sampler": source.state()},
         })
 
     done, saved = start_step, start_step
+    if start_step == cfg.steps:  # trained to the end but interrupted before the final evaluation and summary
+        if eval_env and cfg.eval_episodes > 0:
+            result = evaluate(eval_env, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes,
+                              env_kwargs=env_kwargs)
+            logger.log(start_step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
+                                    if result[k] is not None}, prefix="eval/")
+            metrics = {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}
+        return metrics
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.algo}", disable=None if progress else True)
     try:
         with _HoldInterrupt() as hold:
@@ -198,7 +208,7 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
                 hold.step_done()
                 if eval_env and cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
                     result = evaluate(eval_env, lambda env: (lambda obs: learner.act(obs, deterministic=True)), cfg.eval_episodes,
-                                      env_kwargs=eval_env_kwargs)
+                                      env_kwargs=env_kwargs)
                     hold.in_step = True
                     logger.log(step, {k: result[k] for k in ("return_mean", "normalized_score", "success_rate")
                                       if result[k] is not None}, prefix="eval/")
@@ -221,9 +231,8 @@ def run(cfg: PretrainConfig, learner, source: BatchSource, logger: MetricsLogger
     return metrics
 
 
-def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, dict, str | None]:
-    """The env evaluations run in (None: none), its keyword arguments (the store's own, such as an
-    imported dataset's time limit, when it is the store's env) and, when there is none, a note saying why."""
+def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, str | None]:
+    """The env evaluations run in (None: none) and, when there is none, a note saying why."""
     if cfg.env:
         sizes = env_sizes(cfg.env)  # refuses an unknown id with the known ones
         if sizes != (store.obs_dim, store.action_dim):
@@ -231,20 +240,19 @@ def _evaluation_env(cfg: PretrainConfig, store: Store) -> tuple[str | None, dict
                 f"--env {cfg.env} has observations of size {sizes[0]} and actions of size {sizes[1]}, but store "
                 f"{cfg.data!r} holds observations of size {store.obs_dim} and actions of size {store.action_dim}; "
                 f"choose an env of the store's sizes.")
-        return cfg.env, {}, None
+        return cfg.env, None
     if cfg.eval_episodes == 0:
-        return None, {}, None
+        return None, None
     if not is_registered(store.env_id):
-        return None, {}, (f"not evaluated: the store's env id {store.env_id!r} is not a registered environment; "
+        return None, (f"not evaluated: the store's env id {store.env_id!r} is not a registered environment; "
                       f"pass --env ID to evaluate in one with observations of size {store.obs_dim} and actions of size "
                       f"{store.action_dim}")
-    env_kwargs = dict(store.attrs.get("env_kwargs") or {})
-    sizes = env_sizes(store.env_id, env_kwargs)
+    sizes = env_sizes(store.env_id, dict(store.attrs.get("env_kwargs") or {}))
     if sizes != (store.obs_dim, store.action_dim):
         raise ValueError(
             f"store {cfg.data!r} has observations of size {store.obs_dim} and actions of size {store.action_dim}, "
             f"but {store.env_id} has {sizes[0]} and {sizes[1]}.")
-    return store.env_id, env_kwargs, None
+    return store.env_id, None
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -269,7 +277,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         if cfg.steps < int(ckpt["step"]):
             raise ValueError(f"cannot resume: run {str(run_dir)!r} is already at step {ckpt['step']}, past --steps "
                              f"{cfg.steps}; pass --steps above {ckpt['step']} to train further (the run is unchanged).")
-        if cfg.steps == int(ckpt["step"]):
+        if cfg.steps == int(ckpt["step"]) and (run_dir / "pretrain_summary.json").exists():
             return {"run": str(run_dir), "steps": cfg.steps, "resumed_from": cfg.steps,
                     "note": f"nothing to do: the run is already at step {cfg.steps}; pass a larger --steps to train further"}
     elif (run_dir / "checkpoints" / "latest.pt").exists():
@@ -279,7 +287,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     if ckpt is not None and (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
         raise ValueError(f"cannot resume: {run_dir}'s checkpoint has observations of size {ckpt['obs_dim']} and actions of "
                          f"size {ckpt['act_dim']}, but store {cfg.data!r} holds {obs_dim} and {act_dim}.")
-    eval_env, eval_env_kwargs, note = _evaluation_env(cfg, store)
+    eval_env, note = _evaluation_env(cfg, store)
+    # the store's env arguments (an imported dataset's time limit) belong to the store's env, not to --env
+    env_kwargs = {} if cfg.env else dict(store.attrs.get("env_kwargs") or {})
     cache = load_transitions(store)
     rng = seed_everything(cfg.seed)
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
@@ -301,7 +311,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     logger = MetricsLogger(run_dir, resume_step=start if resume else None)
     try:
         metrics = run(cfg, learner, source, logger, rng, start_step=start, env_id=cfg.env or store.env_id,
-                      progress=progress, eval_env=eval_env, eval_env_kwargs=eval_env_kwargs)
+                      progress=progress, eval_env=eval_env, env_kwargs=env_kwargs)
     finally:
         logger.close()
     summary = {"run": str(run_dir), "steps": cfg.steps, "resumed_from": start if resume else None, **metrics}

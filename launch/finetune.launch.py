@@ -6,7 +6,7 @@ parameters come from ``params_file`` (default: share/agent/config/finetune.yaml)
 any argument given on the command line overrides the file for every node it concerns,
 e.g.::
 
-    ros2 launch agent finetune.launch.py use_sim:=true init:=runs/calql-reach steps:=5000
+    ros2 launch agent finetune.launch.py use_sim:=true init:=runs/calql-reach steps:=10000
     ros2 launch agent finetune.launch.py params_file:=my_robot.yaml domain_id:=7
 
 When finetune_node exits, the whole launch shuts down.

@@ -133,20 +133,25 @@ def test_ctrl_c_checkpoints_the_current_step_and_the_run_resumes_from_it(importe
     assert resumed and resumed == straight
 
 
-def test_the_stores_env_arguments_apply_to_evaluation_in_its_own_env(tmp_path, capsys):
-    """A store made with env arguments (an imported dataset's time limit) is evaluated with them,
-    during pretraining and by `agent eval --run`; --env evaluates in that env as it is."""
+def _reach_store(path, env_kwargs):
     from gymnasium import spaces
 
     from agent.store import EpisodeAttrs, Store
     from helpers import make_episode
 
     rng = np.random.default_rng(0)
-    store = Store.create(tmp_path / "s.zarr", env_id="sims/ArmReach-v0", env_kwargs={"max_episode_steps": 7},
+    store = Store.create(path, env_id="sims/ArmReach-v0", env_kwargs=env_kwargs,
                          observation_space=spaces.Box(-np.inf, np.inf, (OBS,), np.float32),
                          action_space=spaces.Box(-1.0, 1.0, (ACT,), np.float32))
     for _ in range(2):
         store.append_episode(make_episode(rng, 20, obs_dim=OBS, act_dim=ACT), EpisodeAttrs(source="imported"))
+    return path
+
+
+def test_the_stores_env_arguments_apply_to_evaluation_in_its_own_env(tmp_path, capsys):
+    """A store made with env arguments (an imported dataset's time limit) is evaluated with them,
+    during pretraining and by `agent eval --run`; --env evaluates in that env as it is."""
+    _reach_store(tmp_path / "s.zarr", {"max_episode_steps": 7})
     code, out, err = run(capsys, "pretrain", "--data", tmp_path / "s.zarr", "--algo", "bc", "--out", tmp_path / "run",
                          "--steps", "5", "--eval-episodes", "1", "--json", *TINY)
     assert code == 0, err
@@ -157,3 +162,30 @@ def test_the_stores_env_arguments_apply_to_evaluation_in_its_own_env(tmp_path, c
     code, out, err = run(capsys, "eval", "--run", tmp_path / "run", "--env", "sims/ArmReach-v0", "--episodes", "1", "--json")
     assert code == 0, err
     assert json.loads(out)["length_mean"] > 7
+    # recorded whether or not pretraining evaluates
+    code, out, err = run(capsys, "pretrain", "--data", tmp_path / "s.zarr", "--algo", "bc", "--out", tmp_path / "run0",
+                         "--steps", "5", "--eval-episodes", "0", "--json", *TINY)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "run0")["env_kwargs"] == {"max_episode_steps": 7}
+
+
+def test_cal_ql_refuses_a_discount_of_one_in_one_sentence(imported, tmp_path, capsys):
+    """Cal-QL bootstraps a truncated tail with r_min / (1 - gamma): gamma 1 is refused, not a ZeroDivisionError."""
+    code, out, err = run(capsys, "pretrain", "--data", imported, "--algo", "calql", "--out", tmp_path / "run",
+                         "--steps", "2", "--calql.gamma", "1.0", *TINY)
+    assert code == 2 and err == "agent pretrain: error: config field 'calql.gamma' must be in [0, 1), got 1.0.", err
+
+
+def test_a_run_stopped_after_its_last_update_finishes_its_evaluation_on_resume(tmp_path, capsys):
+    """Interrupted after the last checkpoint (during the final evaluation), a resume at the same
+    --steps runs the final evaluation and writes the summary instead of saying nothing is left."""
+    _reach_store(tmp_path / "s.zarr", {"max_episode_steps": 5})
+    flags = ["--algo", "bc", "--steps", "5", "--eval-episodes", "1", "--eval-every", "0", "--json", *TINY]
+    assert run(capsys, "pretrain", "--data", tmp_path / "s.zarr", "--out", tmp_path / "run", *flags)[0] == 0
+    (tmp_path / "run" / "pretrain_summary.json").unlink()  # what an interrupted final evaluation leaves
+    evals_before = [m for m in read_metrics(tmp_path / "run") if "eval/return_mean" in m]
+    code, out, err = run(capsys, "pretrain", "--out", tmp_path / "run", "--resume", "--steps", "5", "--json")
+    assert code == 0, err
+    assert "note" not in json.loads(out) and "eval_return_mean" in json.loads(out)
+    assert (tmp_path / "run" / "pretrain_summary.json").exists()
+    assert len([m for m in read_metrics(tmp_path / "run") if "eval/return_mean" in m]) == len(evals_before) + 1

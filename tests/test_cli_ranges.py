@@ -13,7 +13,7 @@ CASES = [
     ("pretrain", "--batch-size", "0", "'batch_size' must be at least 1, got 0"),
     ("pretrain", "--log-every", "0", "'log_every' must be at least 1, got 0"),
     ("pretrain", "--checkpoint-every", "0", "'checkpoint_every' must be at least 1, got 0"),
-    ("pretrain", "--device", "tpu", "'device' must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ("pretrain", "--device", "tpu", "'device' must be auto, cpu, mps, cuda or cuda:N, got 'tpu'"),
     ("pretrain", "--seed", "-1", "'seed' must be at least 0, got -1"),
     ("pretrain", "--bc.lr", "nan", "'bc.lr' must be above 0, got nan"),
     ("pretrain", "--iql.gamma", "5", "'iql.gamma' must be in [0, 1], got 5.0"),
@@ -25,7 +25,7 @@ CASES = [
     ("finetune", "--eval-every", "0", "'eval_every' must be at least 1, got 0"),
     ("finetune", "--heldout-fraction", "1", "'heldout_fraction' must be in [0, 1), got 1.0"),
     ("finetune", "--wsrl.tau", "0", "'wsrl.tau' must be in (0, 1], got 0.0"),
-    ("finetune", "--device", "cuda:one", "'device' must be auto, cpu, cuda or cuda:N, got 'cuda:one'"),
+    ("finetune", "--device", "cuda:one", "'device' must be auto, cpu, mps, cuda or cuda:N, got 'cuda:one'"),
     ("augment", "--ensemble-members", "1", "'ensemble_members' must be at least 2, got 1"),
     ("augment", "--rotate-max-deg", "1e9", "'rotate_max_deg' must be in [0, 180], got 1000000000.0"),
 ]

@@ -88,8 +88,8 @@ def test_every_numeric_field_the_cli_reads_declares_a_range():
     ({"bc": {"lr": float("nan")}}, "config field 'bc.lr' must be above 0, got nan."),
     ({"bc": {"lr": float("inf")}}, "config field 'bc.lr' must be above 0, got inf."),
     ({"cql": {"hidden_dims": [256, 0]}}, r"config field 'cql.hidden_dims\[1\]' must be at least 1, got 0."),
-    ({"device": "tpu"}, "config field 'device' must be auto, cpu, cuda or cuda:N, got 'tpu'."),
-    ({"device": "cuda:x"}, "config field 'device' must be auto, cpu, cuda or cuda:N"),
+    ({"device": "tpu"}, "config field 'device' must be auto, cpu, mps, cuda or cuda:N, got 'tpu'."),
+    ({"device": "cuda:x"}, "config field 'device' must be auto, cpu, mps, cuda or cuda:N"),
 ])
 def test_values_outside_the_declared_range_are_refused_in_one_sentence(data, message):
     with pytest.raises(ValueError, match=f"^{message}") as info:
@@ -115,7 +115,7 @@ def test_ranges_are_listed_in_the_flag_help():
     text = argparse.ArgumentParser()
     add_flags(text, PretrainConfig)
     help_text = text.format_help()
-    assert "(default: 256; at least 1)" in help_text and "auto, cpu, cuda or cuda:N" in help_text
+    assert "(default: 256; at least 1)" in help_text and "auto, cpu, mps, cuda or cuda:N" in help_text
 
 
 def test_a_config_built_in_python_is_checked_by_pretrain(tmp_path):

@@ -27,6 +27,8 @@ from agent.learners.cql import CQL, CQLConfig
 
 @dataclass
 class CalQLConfig(CQLConfig):
+    gamma: float = option(0.99, "discount (below 1: a truncated episode's return-to-go is bootstrapped with r_min / (1 - gamma))",
+                          min=0, lt=1)
     truncated_tail: Literal["lower_bound", "exclude"] = option("lower_bound", "how returns-to-go treat a truncated episode's tail")
 
 

@@ -51,7 +51,7 @@ class H2OConfig:
         "model", "where u's next states come from: a learned sim dynamics model (paper) or sim s' + data-std noise (released code)")
     model_dims: list[int] = option([256, 256], "hidden widths of the dynamics model (omega_next_states=model)", min=1)
     model_lr: float = option(1e-3, "dynamics model learning rate", gt=0)
-    ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1)", gt=0, max=1)
+    ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1; 0: no lower clip)", min=0, max=1)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
     actor_lr: float = option(3e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)

@@ -48,7 +48,7 @@ class WSRLConfig:
     target_subset: int = option(2, "members drawn at random whose min forms the target (REDQ)", min=1)
     actor_reduce: Literal["min", "mean"] = option("min", "actor loss over the ensemble: min or mean (REDQ)")
     target_entropy_scale: float = option(1.0, "target entropy = -scale * |A| (1.0 as in SAC, 0.5 in the "
-                                                   "wsrl-robot release and RLPD)", min=0)
+                                                   "wsrl-robot release and RLPD)", gt=0)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target (WSRL does not)")
     actor_lr: float = option(1e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)
