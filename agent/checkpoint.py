@@ -1,9 +1,10 @@
 """Checkpoints list their parts and load with ``torch.load(weights_only=True)``.
 
 A checkpoint is a dict: ``format``, ``version``, ``algo``, ``step``, ``obs_dim``,
-``act_dim``, ``env_id``, ``learner`` (the learner's ``state_dict()``: networks,
-optimizers, normalizer) and ``rng`` (torch's RNG state and the sampler's numpy
-generator state as JSON text, since it holds 128-bit integers).
+``act_dim``, ``env_id``, ``env_kwargs`` (the env's keyword arguments evaluation uses),
+``learner`` (the learner's ``state_dict()``: networks, optimizers, normalizer) and ``rng``
+(torch's RNG state and the sampler's numpy generator state as JSON text, since it holds
+128-bit integers).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def restore_rng(state: dict, sampler_rng: np.random.Generator) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, payload: dict, keep_step_copy: bool = True) -> Path:
-    """Write ``checkpoints/latest.pt`` atomically (and a step-numbered copy)."""
+    """Write ``checkpoints/latest.pt`` atomically (and, with ``keep_step_copy``, a step-numbered copy)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "step": int(step), **payload}

@@ -14,7 +14,10 @@ episodes of that recipe used, so a second run adds new episodes, never copies.
 Noise per episode: ``noise`` and ``epsilon`` are the values of episode 0; with a
 ``schedule`` other than constant they move to ``noise_end`` / ``epsilon_end`` by the
 last episode (replay-like data from a controller that gets better over time);
-``mix_epsilons`` cycles through several epsilons instead (a mixture of qualities).
+``mix_epsilons`` cycles through several epsilons instead (a mixture of qualities). The
+mixture cycles on over the recipe's episodes across runs; a schedule runs over the
+episodes of each run (the episode count is not part of the recipe), so a continuation
+starts it over, and says so.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ class CollectConfig:
         "constant", "how noise and epsilon move from their values to noise_end / epsilon_end over the episodes")
     noise_end: float | None = option(None, "noise of the last episode under a schedule (empty: noise stays constant)", min=0)
     epsilon_end: float | None = option(None, "epsilon of the last episode under a schedule (empty: epsilon stays constant)", min=0, max=1)
-    mix_epsilons: list[float] = option([], "episode i uses epsilon mix_epsilons[i % n]: a mixture of quality levels in one dataset", min=0, max=1)
+    mix_epsilons: list[float] = option([], "the recipe's episode i (seed + i) uses epsilon mix_epsilons[i % n]: a mixture of quality levels in one dataset", min=0, max=1)
     seed: int = option(0, "episode i is reset with seed + i; its noise generator is seeded from (seed, i)", min=0)
     quality: str = option("", "quality tag stored with each episode (random, medium, expert, mixed, replay, ...)")
     save_sim_state: bool = option(True, "store info['sim_state'] at every step (exact physics restore)")
@@ -97,14 +100,25 @@ def _scheduled(start: float, end: float | None, schedule: str, frac: float, name
     return float(start * (end / start) ** frac)
 
 
-def episode_noise(cfg: CollectConfig, i: int) -> tuple[float, float]:
-    """(noise, epsilon) of episode i."""
+def episode_noise(cfg: CollectConfig, i: int, first: int = 0) -> tuple[float, float]:
+    """(noise, epsilon) of the run's episode i, the recipe's episode ``first + i``: the
+    schedule runs over the run's episodes, the mixture over the recipe's."""
     frac = i / (cfg.episodes - 1) if cfg.episodes > 1 else 0.0
     noise = _scheduled(cfg.noise, cfg.noise_end, cfg.schedule, frac, "noise")
     epsilon = _scheduled(cfg.epsilon, cfg.epsilon_end, cfg.schedule, frac, "epsilon")
     if cfg.mix_epsilons:
-        epsilon = cfg.mix_epsilons[i % len(cfg.mix_epsilons)]
+        epsilon = cfg.mix_epsilons[(first + i) % len(cfg.mix_epsilons)]
     return noise, epsilon
+
+
+def schedule_restarts(cfg: CollectConfig) -> bool:
+    """Whether noise or epsilon follow a schedule, which each run starts over."""
+    return cfg.schedule != "constant" and (cfg.noise_end is not None or (cfg.epsilon_end is not None and not cfg.mix_epsilons))
+
+
+def _schedule_note(cfg: CollectConfig, start_seed: int) -> str:
+    return (f"the {cfg.schedule} noise schedule ran over this run's {cfg.episodes} episodes from its first value; it does "
+            f"not continue the schedule of the recipe's episodes before seed {start_seed}")
 
 
 def _check(cfg: CollectConfig) -> None:
@@ -150,7 +164,7 @@ class EpisodePolicies:
 
         seed = self.cfg.seed * 1_000_003 + first + i
         base = self.base if self.base is not None else RandomPolicy(self.act_dim, seed=seed + 7919)
-        noise, epsilon = episode_noise(self.cfg, i)
+        noise, epsilon = episode_noise(self.cfg, i, first)
         return NoisyPolicy(base, self.act_dim, noise=noise, epsilon=epsilon, seed=seed)
 
 
@@ -230,7 +244,6 @@ class _WholeAppends:
 
     def __init__(self) -> None:
         self.appending = self.pending = self._installed = False
-        self._previous: object = None
 
     def _on_sigint(self, signum, frame) -> None:
         if not self.appending:
@@ -238,13 +251,16 @@ class _WholeAppends:
         self.pending = True
 
     def __enter__(self) -> "_WholeAppends":
-        if threading.current_thread() is threading.main_thread():
-            self._previous, self._installed = signal.signal(signal.SIGINT, self._on_sigint), True
+        # only the main thread may set handlers; an ignored SIGINT (cmd &) or a caller's handler is left alone
+        self._installed = (threading.current_thread() is threading.main_thread()
+                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @contextlib.contextmanager
     def append(self):
@@ -302,9 +318,11 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             kept = Store.open(cfg.out).num_episodes - before  # what the store committed, read back
             start = cfg.seed + first
             seeds = f"seeds {start}..{start + kept - 1}" if kept else "none"
+            restart = (f" (its {cfg.schedule} noise schedule starts over from its first value, over those episodes)"
+                       if schedule_restarts(cfg) else "")
             print(f"agent collect: interrupted; kept {kept} of {cfg.episodes} episodes in {cfg.out} ({seeds}); "
                   f"to continue, run the same command with --episodes {cfg.episodes - kept}: its seeds start at "
-                  f"{start + kept}.", file=sys.stderr, flush=True)
+                  f"{start + kept}{restart}.", file=sys.stderr, flush=True)
         raise
     finally:
         if not closed:
@@ -312,7 +330,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     return {"store": cfg.out, "episodes": store.num_episodes, "steps": store.num_steps,
             "collected": cfg.episodes, "kept": store.num_episodes - before, "first_seed": cfg.seed + first,
             "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes)),
-            **({"video": cfg.video} if cfg.video else {})}
+            **({"video": cfg.video} if cfg.video else {}),
+            **({"schedule_note": _schedule_note(cfg, cfg.seed + first)} if first and schedule_restarts(cfg) else {})}
 
 
 def _close(episodes, env, store: Store | None) -> None:

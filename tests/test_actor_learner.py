@@ -234,3 +234,28 @@ def test_the_clock_counts_skipped_slots_as_missed_and_does_not_catch_up():
     # back on the 10 ms grid: no tick before its slot (the last one is in slot 13 or later), no
     # burst of ticks to make up for the lost ones (a burst would start ticks microseconds apart)
     assert starts[-1] - starts[0] > 0.125 and np.diff(starts).min() > 0.002  # catching up would end near 0.11 s
+
+
+def test_sigint_between_checkpoints_writes_latest_only(tmp_path):
+    """The learner's state at the stop goes to latest.pt at the last whole episode; no
+    step-numbered copy is written with it (one there would hold another state)."""
+    def interrupt_at_the_thirtieth_draw(source):
+        sample, draws = source.sample, []
+
+        def sample_then_interrupt(k, b, offline_only=False):
+            draws.append(1)
+            if len(draws) == 30:
+                os.kill(os.getpid(), signal.SIGINT)
+            return sample(k, b, offline_only)
+        source.sample = sample_then_interrupt
+        return source
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny(run, steps=100_000, warmup_steps=40, eval_episodes=0, checkpoint_every=100_000), progress=False,
+                 make_source=interrupt_at_the_thirtieth_draw)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt"]
+    ckpt = load_checkpoint(run)
+    episodes = len(ckpt["loop"]["episode_rows"])
+    assert episodes >= 1 and ckpt["loop"]["env_steps"] == 50 * episodes and ckpt["loop"]["updates"] >= 30
+    assert ckpt["env_kwargs"] == {}

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,67 @@ def test_an_interrupted_collect_says_what_it_kept_and_how_to_continue(tmp_path, 
     assert result["first_seed"] == 7 + kept and result["kept"] == 2
     assert [int(s) for s in Store.open(out).episode_attrs()["seed"]] == list(range(7, 9 + kept))
     np.testing.assert_array_equal(Store.open(out).read("meta/episode_ends")[-1], 50 * (kept + 2))
+
+
+def test_a_continued_mixture_goes_on_where_the_recipe_left_it(tmp_path):
+    """Two runs of one episode each make the episodes one run of two makes: epsilon 1 (all
+    random), then epsilon 0 (the expert)."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    collect(recipe(once, epsilon=0.0, mix_epsilons=[1.0, 0.0]), progress=False)
+    for _ in range(2):
+        collect(recipe(twice, epsilon=0.0, mix_epsilons=[1.0, 0.0], episodes=1), progress=False)
+    a, b = Store.open(once), Store.open(twice)
+    assert b.num_episodes == 2
+    for i in range(2):
+        np.testing.assert_array_equal(a.episode(i)["action"], b.episode(i)["action"])
+
+
+def test_a_continued_schedule_is_said_to_start_over(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "store"
+    cfg = recipe(out, noise=0.2, noise_end=0.0, schedule="linear")
+    assert "schedule_note" not in collect(cfg, progress=False)  # the recipe's first run: nothing to continue
+    assert collect(cfg, progress=False)["schedule_note"] == (
+        "the linear noise schedule ran over this run's 2 episodes from its first value; it does not continue the "
+        "schedule of the recipe's episodes before seed 9")
+    assert "schedule_note" not in collect(recipe(out), progress=False)  # a constant recipe continues exactly
+
+    import agent.collect as collect_module
+
+    rollout, calls = collect_module.rollout_episode, []
+
+    def interrupt_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return rollout(*args)
+    monkeypatch.setattr(collect_module, "rollout_episode", interrupt_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        collect(replace(cfg, episodes=5), progress=False)
+    assert capsys.readouterr().err.strip() == (
+        f"agent collect: interrupted; kept 1 of 5 episodes in {out} (seeds 11..11); to continue, run the same command "
+        f"with --episodes 4: its seeds start at 12 (its linear noise schedule starts over from its first value, over "
+        f"those episodes).")
+
+
+@pytest.mark.parametrize("handler", ["ignored", "callers"])
+def test_a_sigint_handler_other_than_pythons_default_is_left_in_place(tmp_path, monkeypatch, handler):
+    import agent.collect as collect_module
+
+    def callers_handler(signum, frame):
+        pass
+
+    rollout, during = collect_module.rollout_episode, []
+
+    def record(*args):
+        during.append(signal.getsignal(signal.SIGINT))
+        return rollout(*args)
+    monkeypatch.setattr(collect_module, "rollout_episode", record)
+    mine = signal.SIG_IGN if handler == "ignored" else callers_handler
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        collect(recipe(tmp_path / "store"), progress=False)
+        assert during and all(h is mine for h in during) and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    collect(recipe(tmp_path / "store"), progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own is put back

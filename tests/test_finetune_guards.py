@@ -3,6 +3,7 @@ config.yaml holds the sizes taken from the --init checkpoint, a resume with noth
 changes nothing on disk, and Ctrl-C checkpoints at the last whole episode and says how to
 resume."""
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -186,6 +187,112 @@ def test_ctrl_c_in_the_offline_phase_checkpoints_it_and_the_run_resumes(calql, t
         finetune(cfg, progress=False, make_source=interrupt_at_the_tenth_draw)
     ckpt = load_checkpoint(run)
     assert ckpt["loop"]["offline_updates"] == 10 and ckpt["loop"]["env_steps"] == 0
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"resume with: agent finetune --out {run} --resume")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"agent finetune: stopped in the offline phase and checkpointed after 10 of 40 offline updates; "
+        f"resume with: agent finetune --out {run} --resume")
+    written = json.loads((run / "finetune_summary.json").read_text())
+    assert written["interrupted"] is True and written["offline_updates"] == 10 and written["env_steps"] == 0
     summary = finetune(cfg, resume=True, progress=False)
     assert summary["env_steps"] == 60 and load_checkpoint(run)["loop"]["offline_updates"] == 40
+
+
+def interrupt_at_draw(n: int, before=None):
+    """A ``make_source`` that sends this process SIGINT at the n-th batch draw (after ``before()``)."""
+    def wrap(source):
+        sample, draws = source.sample, []
+
+        def sample_then_interrupt(k, b, offline_only=False):
+            draws.append(1)
+            if len(draws) == n:
+                if before is not None:
+                    before()
+                os.kill(os.getpid(), signal.SIGINT)  # noted by the handler: the step in progress completes
+            return sample(k, b, offline_only)
+        source.sample = sample_then_interrupt
+        return source
+    return wrap
+
+
+def test_ctrl_c_after_a_checkpoint_at_the_last_episode_end_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    seen: dict = {}
+    # updates once the first episode is stored (draw n at step 49 + n): the checkpoint at step 50 holds one
+    cfg = sac(run, steps=1000, warmup_steps=40)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, progress=False, make_source=interrupt_at_draw(22, lambda: seen.update(snapshot(ckpts))))
+    assert seen and snapshot(ckpts) == seen  # step_00000050.pt and latest.pt are as they were: nothing rewritten
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == 50 and ckpt["loop"]["updates"] == 1 and ckpt["loop"]["episode_rows"] == [0]
+    summary = finetune(sac(run, steps=150, warmup_steps=40), resume=True, progress=False)
+    assert summary["updates"] == 101 and summary["online_episodes"] == 3  # the 21 updates after step 50 redone
+    assert [int(s) for s in Store.open(run / "online.zarr").episode_attrs()["seed"]] == [0, 1, 2]
+
+
+def test_ctrl_c_between_checkpoints_writes_latest_only_with_the_updates_made(tmp_path):
+    run = tmp_path / "run"
+    cfg = sac(run, steps=1000, warmup_steps=40, checkpoint_every=1000)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, progress=False, make_source=interrupt_at_draw(72))  # step 120, in the third episode
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt"]  # no step_00000100.pt
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == ckpt["loop"]["env_steps"] == 100 and ckpt["loop"]["episode_rows"] == [0, 1]
+    assert ckpt["loop"]["updates"] == 72  # the networks, optimizers and count of the stop
+    summary = finetune(sac(run, steps=150, warmup_steps=40, checkpoint_every=1000), resume=True, progress=False)
+    assert summary["updates"] == 122 and summary["online_episodes"] == 3
+    assert [int(s) for s in Store.open(run / "online.zarr").episode_attrs()["seed"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("actor_learner", [False, True])
+def test_checkpoints_record_the_env_kwargs_evaluation_uses(tmp_path, actor_learner):
+    cfg = sac(tmp_path / "run", steps=60, env_kwargs=["reward=sparse"], sim_gap=["gravity_scale=2.0"],
+              actor_learner=actor_learner, control_rate=0.0)
+    finetune(cfg, progress=False)
+    assert load_checkpoint(tmp_path / "run")["env_kwargs"] == {"reward": "sparse"}  # without the dynamics gap
+
+
+@pytest.mark.parametrize("actor_learner", [False, True])
+@pytest.mark.parametrize("handler", ["ignored", "callers"])
+def test_a_sigint_handler_other_than_pythons_default_is_left_in_place(calql, tmp_path, handler, actor_learner):
+    def callers_handler(signum, frame):
+        pass
+
+    during = []
+
+    def record(source):
+        sample = source.sample
+
+        def sample_and_record(k, b, offline_only=False):
+            during.append(signal.getsignal(signal.SIGINT))
+            return sample(k, b, offline_only)
+        source.sample = sample_and_record
+        return source
+
+    mine = signal.SIG_IGN if handler == "ignored" else callers_handler
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        # the offline phase's draws come while the run's own handler would be in place, on either path
+        finetune(sac(tmp_path / "run", steps=60, data=calql["data"], offline_steps=3, actor_learner=actor_learner,
+                     control_rate=0.0), progress=False, make_source=record)
+        assert during and all(h is mine for h in during)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("actor_learner", [False, True])
+def test_the_default_sigint_handler_is_restored_after_a_run(tmp_path, actor_learner):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finetune(sac(tmp_path / "run", steps=60, actor_learner=actor_learner, control_rate=0.0), progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_setting_no_init_run_can_have_is_refused_with_a_remedy_that_exists(calql, tmp_path):
+    cfg = FinetuneConfig(algo="wsrl", init=calql["init"], out=str(tmp_path / "run"), steps=60, warmup_steps=50,
+                         eval_episodes=0)
+    cfg.wsrl.actor_layer_norm = True
+    with pytest.raises(ValueError, match=r"^--wsrl\.actor-layer-norm true cannot be used: wsrl fine-tuning of the calql "
+                                         r"checkpoint '.*' needs false for its networks to load; drop "
+                                         r"--wsrl\.actor-layer-norm\.$"):
+        finetune(cfg, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ def test_noise_schedules_decay_and_mixtures_cycle(tmp_path):
     assert [episode_noise(mixed, i)[1] for i in range(4)] == [1.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="exponential schedule needs"):
         collect(CollectConfig(env="sims/ArmReach-v0", out=str(tmp_path / "unused"), episodes=2, noise=0.4, noise_end=0.0, schedule="exponential"))
-    with pytest.raises(ValueError, match="epsilons must lie in"):
+    with pytest.raises(ValueError, match=r"config field .mix_epsilons\[0\]. must be in \[0, 1\], got 1.5"):
         collect(CollectConfig(env="sims/ArmReach-v0", out=str(tmp_path / "unused"), mix_epsilons=[1.5]))
 
 

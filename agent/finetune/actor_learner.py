@@ -35,9 +35,11 @@ read by a thread of the actor.
 
 Shutdown: at the step budget (the unfinished episode is dropped, then the final
 evaluation with the final weights), on SIGINT (either process; both stop, the learner
-checkpoints at the last whole episode, prints how many online episodes it kept and the
-resume command, and the run ends as interrupted, as in the loop), at ``max_minutes``, and when either
-process dies: the survivor notices the closed pipe, prints one line and stops.
+checkpoints at the last whole episode as the loop does on Ctrl-C, prints how many online
+episodes it kept and the resume command, and the run ends as interrupted, as in the
+loop), at ``max_minutes``, and when either process dies: the survivor notices the closed
+pipe, prints one line and stops. A SIGINT that is ignored when the run starts (``cmd &``
+in a script) or handled by the caller is left so, in both processes.
 
 Resuming works as in the loop: a checkpoint (written at episode ends) holds the loop
 state and the next training episode's index; the actor restarts there.
@@ -66,14 +68,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.checkpoint import rng_state, save_checkpoint
 from agent.collect import config_hash
-from agent.config import save_yaml, to_dict
+from agent.config import save_yaml
 from agent.finetune.config import FinetuneConfig, loop_setting
 from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import discounted_returns, heldout_td_error
-from agent.finetune.loop import (LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do, offline_phase,
-                                  resolve_run)
+from agent.finetune.loop import (Checkpoints, LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do,
+                                  offline_phase, owns_sigint, resolve_run)
 from agent.logger import MetricsLogger
 from agent.nets import act
 from agent.store import EpisodeAttrs, Store
@@ -253,6 +254,7 @@ class ActorSettings:
     eval_every: int
     eval_episodes: int
     log_every: int
+    handle_sigint: bool = True  # False: SIGINT stays ignored (the learner's was ignored or a caller's own)
 
 
 @dataclass
@@ -431,7 +433,8 @@ def actor_main(settings: ActorSettings, data_conn, control_conn) -> None:
     from agent.envs import make_env
 
     interrupted = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    if settings.handle_sigint:
+        signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     torch.set_num_threads(1)  # one small policy: one thread keeps its latency steady
     outbox = _Outbox(data_conn, OUTBOX_CAPACITY)
     env = eval_env = None
@@ -558,8 +561,10 @@ class _Learner:
 
     def __init__(self, cfg: FinetuneConfig, learner, store: Store, logger: MetricsLogger, source: BatchSource, rng,
                  state: LoopState, env_id: str, heldout: dict | None, fit_normalizer_on_warmup: bool,
-                 description: EnvDescription, proc, data_recv, control_send, next_episode: int, progress: bool):
+                 description: EnvDescription, proc, data_recv, control_send, next_episode: int, progress: bool,
+                 checkpoints: Checkpoints | None = None):
         self.cfg, self.learner, self.store, self.logger, self.source, self.rng = cfg, learner, store, logger, source, rng
+        self.checkpoints = checkpoints or Checkpoints(cfg, learner, logger, rng, state, env_id)
         self.state, self.env_id, self.heldout, self.description = state, env_id, heldout, description
         self.fit_normalizer_on_warmup = fit_normalizer_on_warmup
         self.proc, self.data_recv, self.control_send = proc, data_recv, control_send
@@ -722,14 +727,9 @@ class _Learner:
             except (OSError, ValueError):
                 self.actor_gone = True
 
-    def checkpoint(self) -> None:
-        cfg, learner, state = self.cfg, self.learner, self.state
-        save_checkpoint(self.logger.run_dir, state.env_steps, {
-            "algo": cfg.algo, "algo_config": to_dict(learner.cfg), "env_id": self.env_id,
-            "obs_dim": learner.obs_dim, "act_dim": learner.act_dim, "learner": learner.state_dict(),
-            "rng": rng_state(self.rng), "loop": {**vars(state), "episode_rows": list(state.episode_rows)},
-            "actor_learner": {"next_episode": self.next_episode},
-        })
+    def checkpoint(self, stopped: bool = False) -> None:
+        """As the loop checkpoints (``stopped``: set back to the last whole episode, :meth:`Checkpoints.save`)."""
+        self.checkpoints.save({"actor_learner": {"next_episode": self.next_episode}}, stopped=stopped)
 
     def run(self, interrupted: threading.Event) -> None:
         deadline = time.monotonic() + 60 * self.cfg.max_minutes if self.cfg.max_minutes > 0 else float("inf")
@@ -757,7 +757,7 @@ class _Learner:
             self.next_episode = unfinished.index
             if not self.budget_reached:
                 self.state.env_steps = unfinished.start_step
-        self.checkpoint()
+        self.checkpoint(stopped=not self.budget_reached)
 
 
 def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
@@ -773,14 +773,15 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
     if idle is not None:
         return idle
     run_dir = plan.run_dir
+    handle_sigint = owns_sigint()  # an ignored SIGINT (cmd &) or a caller's handler is left alone, in both processes
     settings = ActorSettings(env_id=plan.env_id, env_kwargs=plan.env_kwargs, sim_gap=plan.gap, seed=cfg.seed, steps=cfg.steps, control_rate=cfg.control_rate,
                              warmup_steps=int(loop_setting(cfg, "warmup_steps")),
                              warmup_policy=str(loop_setting(cfg, "warmup_policy")), eval_every=cfg.eval_every,
-                             eval_episodes=cfg.eval_episodes, log_every=cfg.log_every)
+                             eval_episodes=cfg.eval_episodes, log_every=cfg.log_every, handle_sigint=handle_sigint)
     proc = _ActorProcess(settings)
     data_recv, control_send = proc.data_recv, proc.control_send
     interrupted = threading.Event()
-    previous_handler = None
+    installed = False
     store: Store | None = None
     logger: MetricsLogger | None = None
     side: _Learner | None = None
@@ -797,19 +798,22 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+        checkpoints = Checkpoints(cfg, learner, logger, rng, state, plan.env_id, plan.env_kwargs, on_disk=parts.ckpt)
         summary: dict = {}
-        if threading.current_thread() is threading.main_thread():
+        if handle_sigint:
             # from here on SIGINT stops both processes in order instead of raising mid-update
-            previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+            signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+            installed = True
         if state.offline_updates < cfg.offline_steps:
-            summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress, interrupted))
+            summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress, interrupted,
+                                         checkpoints))
         if interrupted.is_set():
             raise _StoppedOffline
         if hasattr(learner, "start_online"):
             learner.start_online()
         side = _Learner(cfg, learner, store, logger, source, rng, state, plan.env_id, heldout,
                         parts.from_scratch, description, proc, data_recv, control_send,
-                        next_episode, progress)
+                        next_episode, progress, checkpoints)
         policy = pickle.dumps({"actor": copy.deepcopy(learner.actor).cpu(), "normalizer": copy.deepcopy(learner.normalizer).cpu()})
         control_send.send(("start", {"policy": policy, "env_steps": state.env_steps, "episode": next_episode,
                                      "eval_first": state.env_steps == 0}))
@@ -818,8 +822,8 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
     except _StoppedOffline:
         pass  # interrupted in the offline phase, which has checkpointed; the actor never started
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        if installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _stop_actor(proc, control_send)
         for closable in (logger, store):
             if closable is not None:
@@ -828,7 +832,12 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
 
     online_store = Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr"
     if side is None:  # interrupted in the offline phase
-        print(interrupted_message(run_dir, online_store), file=sys.stderr, flush=True)
+        summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
+                   "offline_updates": state.offline_updates, "online_episodes": len(state.episode_rows),
+                   "offline_draws": source.offline_draws, "first_update_step": state.first_update_step,
+                   "resumed": resume, "actor_learner": True, **summary, "interrupted": True}
+        (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
+        print(interrupted_message(run_dir, online_store, cfg.offline_steps), file=sys.stderr, flush=True)
         raise KeyboardInterrupt
     final = side.actor_final
     actor_summary = {k: final[k] for k in ("ticks", "missed_ticks", "missed_fraction", "period_mean_ms", "period_p50_ms",
@@ -837,8 +846,9 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
                          stop_reason=final.get("reason", "died" if side.actor_gone else "unknown"),
                          exit_code=proc.exitcode)
     summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
-               "online_episodes": len(state.episode_rows), "offline_draws": source.offline_draws,
-               "first_update_step": state.first_update_step, "resumed": resume, "actor_learner": True,
+               "offline_updates": state.offline_updates, "online_episodes": len(state.episode_rows),
+               "offline_draws": source.offline_draws, "first_update_step": state.first_update_step, "resumed": resume,
+               "actor_learner": True,
                "skipped_updates": side.skipped_updates + side.owed, "dropped_episodes": side.dropped_episodes,
                "weight_versions_pushed": side.pushed_version, "actor": actor_summary, **summary}
     interrupted_run = side.stopping == "interrupted" or final.get("reason") == "interrupted"
@@ -849,7 +859,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         raise ActorDied(f"the actor process died (exit code {proc.exitcode}) after {state.env_steps} environment steps; "
                         f"the learner checkpointed the run at its last whole episode and stopped (--resume continues it).")
     if interrupted_run:
-        print(interrupted_message(run_dir, online_store), file=sys.stderr, flush=True)
+        print(interrupted_message(run_dir, online_store, cfg.offline_steps), file=sys.stderr, flush=True)
         raise KeyboardInterrupt
     return summary
 

@@ -11,9 +11,13 @@ exactly this run's first ``len(episode_rows)`` episodes in the store; a resumed 
 reloads them, the networks, optimizers and both RNG states, and continues from the
 checkpointed step. Episodes a killed run appended after its last checkpoint stay in
 the store under the same run id but are left out of the buffer (they are redone).
-Ctrl-C stops the loop between steps and checkpoints at the last episode end (the
-unfinished episode is redone on resume); a second Ctrl-C interrupts at once and still
-checkpoints there.
+Ctrl-C stops the loop between steps (a second Ctrl-C interrupts at once, a long
+evaluation) and the run resumes from the last episode end: the unfinished episode is
+dropped and redone. When the newest checkpoint already sits at that episode end, nothing
+is written. Otherwise ``latest.pt`` alone is rewritten (no step-numbered copy, so that
+none is replaced by another state): its step and online episodes are those of the last
+episode end, its networks, optimizers, both RNG states and update count those of the
+moment the loop stopped. In the offline phase it holds the updates made so far.
 """
 from __future__ import annotations
 
@@ -62,12 +66,40 @@ def _to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
 
-def _checkpoint(cfg: FinetuneConfig, learner, logger: MetricsLogger, rng, state: LoopState, env_id: str) -> None:
-    save_checkpoint(logger.run_dir, state.env_steps, {
-        "algo": cfg.algo, "algo_config": to_dict(learner.cfg), "env_id": env_id,
-        "obs_dim": learner.obs_dim, "act_dim": learner.act_dim, "learner": learner.state_dict(),
-        "rng": rng_state(rng), "loop": {**vars(state), "episode_rows": list(state.episode_rows)},
-    })
+class Checkpoints:
+    """Writes a run's checkpoints and remembers where the newest one on disk sits, so that
+    a stop never replaces a checkpoint with another state. ``env_kwargs`` are the env's
+    keyword arguments evaluation runs with (``--env-kwargs``, no dynamics gap); ``on_disk``
+    is the checkpoint a resumed run was loaded from."""
+
+    def __init__(self, cfg: FinetuneConfig, learner, logger: MetricsLogger, rng, state: LoopState, env_id: str,
+                 env_kwargs: dict | None = None, on_disk: dict | None = None):
+        self.cfg, self.learner, self.logger, self.rng, self.state, self.env_id = cfg, learner, logger, rng, state, env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.saved = None if on_disk is None else self._place(
+            on_disk["loop"], {k: on_disk[k] for k in ("actor_learner",) if k in on_disk})
+
+    @staticmethod
+    def _place(loop: dict, extra: dict) -> tuple:
+        return (int(loop.get("offline_updates", 0)), int(loop["env_steps"]), len(loop["episode_rows"]),
+                json.dumps(extra, sort_keys=True))
+
+    def save(self, extra: dict | None = None, stopped: bool = False) -> bool:
+        """Write the current state (with the payload entries ``extra``); True when written.
+        ``stopped``: a run stopped early, its step set back to the last episode end: a
+        checkpoint already there is kept, and otherwise only ``latest.pt`` is rewritten."""
+        state, learner, extra = self.state, self.learner, extra or {}
+        place = self._place(vars(state), extra)
+        if stopped and place == self.saved:
+            return False
+        save_checkpoint(self.logger.run_dir, state.env_steps, {
+            "algo": self.cfg.algo, "algo_config": to_dict(learner.cfg), "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs), "obs_dim": learner.obs_dim, "act_dim": learner.act_dim,
+            "learner": learner.state_dict(), "rng": rng_state(self.rng),
+            "loop": {**vars(state), "episode_rows": list(state.episode_rows)}, **extra,
+        }, keep_step_copy=not stopped)
+        self.saved = place
+        return True
 
 
 class StopRequest:
@@ -76,7 +108,6 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._previous: object = None
         self._installed = False
 
     def _request(self, signum, frame) -> None:
@@ -85,33 +116,44 @@ class StopRequest:
         self.event.set()
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous, self._installed = signal.signal(signal.SIGINT, self._request), True
+        self._installed = owns_sigint()
+        if self._installed:
+            signal.signal(signal.SIGINT, self._request)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def owns_sigint() -> bool:
+    """Whether a run may put its own SIGINT handler in place: only on the main thread and only
+    over Python's default one, never over an ignored SIGINT (``cmd &`` in a script) or a
+    caller's handler."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
 def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: MetricsLogger, rng, state: LoopState,
-                  env_id: str, progress: bool = True, stop: threading.Event | None = None) -> dict:
+                  env_id: str, progress: bool = True, stop: threading.Event | None = None,
+                  checkpoints: Checkpoints | None = None) -> dict:
     """``cfg.offline_steps`` updates on offline data only (RO2O pretraining itself); a set
     ``stop`` (or Ctrl-C) ends it early with a checkpoint."""
+    checkpoints = checkpoints or Checkpoints(cfg, learner, logger, rng, state, env_id)
     metrics: dict = {}
     bar = tqdm(total=cfg.offline_steps, initial=state.offline_updates, desc=f"offline {cfg.algo}", disable=None if progress else True)
     try:
         while state.offline_updates < cfg.offline_steps:
             if stop is not None and stop.is_set():
-                _checkpoint(cfg, learner, logger, rng, state, env_id)
+                checkpoints.save(stopped=True)
                 break
             metrics = learner.update(_to_tensors(source.sample(1, cfg.batch_size, offline_only=True), learner.device))
             state.offline_updates += 1
             if state.offline_updates % cfg.checkpoint_every == 0:
-                _checkpoint(cfg, learner, logger, rng, state, env_id)
+                checkpoints.save()
             bar.update(1)
     except KeyboardInterrupt:
-        _checkpoint(cfg, learner, logger, rng, state, env_id)
+        checkpoints.save(stopped=True)
         raise
     finally:
         bar.close()
@@ -121,12 +163,13 @@ def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: Met
 def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, *, source: BatchSource,
         rng: np.random.Generator, state: LoopState, eval_env_id: str, heldout: dict | None = None,
         fit_normalizer_on_warmup: bool = False, progress: bool = True, eval_env_kwargs: dict | None = None,
-        stop: threading.Event | None = None) -> dict:
+        stop: threading.Event | None = None, checkpoints: Checkpoints | None = None) -> dict:
     """Fine-tune ``learner`` online from ``state.env_steps`` to ``cfg.steps``; returns the last metrics.
 
     A set ``stop`` (or a KeyboardInterrupt) ends the run between steps: the unfinished
-    episode is dropped and the checkpoint sits at the last episode end, where a resumed
-    run continues (a KeyboardInterrupt is re-raised after the checkpoint).
+    episode is dropped and a resumed run continues at the last episode end, from the
+    checkpoint written there or else from the state at the stop, written to ``latest.pt``
+    only (:meth:`Checkpoints.save`; a KeyboardInterrupt is re-raised after it).
 
     An env with ``single_instance`` (a robot: there is one arm) is also the evaluation env;
     its evaluations wait for the end of the running episode. An env whose step ``info``
@@ -135,6 +178,7 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
     ``sim_state/<name>`` arrays."""
     warmup, utd = loop_setting(cfg, "warmup_steps"), loop_setting(cfg, "utd")
     warmup_policy = loop_setting(cfg, "warmup_policy")
+    checkpoints = checkpoints or Checkpoints(cfg, learner, logger, rng, state, eval_env_id, eval_env_kwargs)
     act_low, act_high = env.action_space.low, env.action_space.high
     sim_keys = store.sim_state_keys()
     gen_hash = config_hash(cfg)
@@ -225,21 +269,23 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
             if eval_step and not shared:
                 evaluate(state.env_steps)
             if not steps["obs"] and state.env_steps >= next_checkpoint:  # an episode just ended: the buffer is whole
-                _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+                checkpoints.save()
                 next_checkpoint = (state.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         state.env_steps = last_end  # the unfinished episode is dropped and its steps redone on resume
-        _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+        checkpoints.save(stopped=True)
         raise
     bar.close()
     if stop is not None and stop.is_set():
         state.env_steps = last_end  # as for a KeyboardInterrupt; no final evaluation
-    elif eval_due >= 0:
+        checkpoints.save(stopped=True)
+        return metrics
+    if eval_due >= 0:
         evaluate(eval_due)
     # the unfinished episode is dropped: a resumed run redoes it from its reset seed
-    _checkpoint(cfg, learner, logger, rng, state, eval_env_id)
+    checkpoints.save()
     return metrics
 
 
@@ -278,6 +324,10 @@ def algo_config(cfg: FinetuneConfig, init_ckpt: dict | None):
             mine, taken = getattr(asked, f.name), getattr(algo_cfg, f.name)
             if mine != taken and mine != getattr(default, f.name):
                 flag = f"--{cfg.algo}.{f.name.replace('_', '-')}"
+                if init_ckpt["algo"] != cfg.algo and f.name not in init_ckpt["algo_config"]:  # WSRL: a CQL actor has no LayerNorm
+                    raise ValueError(f"{flag} {_flag_value(mine)} cannot be used: {cfg.algo} fine-tuning of the "
+                                     f"{init_ckpt['algo']} checkpoint {cfg.init!r} needs {_flag_value(taken)} for its "
+                                     f"networks to load; drop {flag}.")
                 raise ValueError(f"{flag} {_flag_value(mine)} differs from the {_flag_value(taken)} of the --init "
                                  f"checkpoint {cfg.init!r}, which fine-tuning takes from it; drop {flag} or pass an "
                                  f"--init run trained with {_flag_value(mine)}.")
@@ -376,14 +426,19 @@ def used_config(cfg: FinetuneConfig, plan: RunPlan, learner) -> FinetuneConfig:
     return replace(cfg, env=plan.env_id, data=data, **{cfg.algo: learner.cfg})
 
 
-def interrupted_message(run_dir: Path, online_store: Path) -> str:
-    """What an interrupted run left on disk, read back from its checkpoint, and how to go on."""
+def interrupted_message(run_dir: Path, online_store: Path, offline_steps: int = 0) -> str:
+    """What an interrupted run left on disk, read back from its checkpoint, and how to go on;
+    ``offline_steps``: the length of the offline phase."""
     try:
         ckpt = load_checkpoint(run_dir)
     except ValueError:
         return (f"agent finetune: stopped before the first checkpoint; nothing to resume: run the same command "
                 f"again without --resume.")
     loop = ckpt.get("loop", {})
+    offline = int(loop.get("offline_updates", 0))
+    if offline < offline_steps:
+        return (f"agent finetune: stopped in the offline phase and checkpointed after {offline} of {offline_steps} "
+                f"offline updates; resume with: agent finetune --out {shlex.quote(str(run_dir))} --resume")
     return (f"agent finetune: stopped and checkpointed at step {ckpt['step']}; {len(loop.get('episode_rows', []))} "
             f"online episodes of this run are kept in {online_store} (an unfinished episode is dropped and redone); "
             f"resume with: agent finetune --out {shlex.quote(str(run_dir))} --resume")
@@ -476,19 +531,22 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+    checkpoints = Checkpoints(cfg, learner, logger, parts.rng, state, env_id, env_kwargs, on_disk=parts.ckpt)
     interrupted = False
     try:
         summary: dict = {}
         with StopRequest() as stop:
             try:
                 if state.offline_updates < cfg.offline_steps:
-                    summary.update(offline_phase(cfg, learner, source, logger, parts.rng, state, env_id, progress, stop.event))
+                    summary.update(offline_phase(cfg, learner, source, logger, parts.rng, state, env_id, progress, stop.event,
+                                                 checkpoints))
                 if not stop.event.is_set():
                     if hasattr(learner, "start_online"):
                         learner.start_online()
                     summary.update(run(cfg, learner, env, store, logger, source=source, rng=parts.rng, state=state,
                                        eval_env_id=env_id, heldout=parts.heldout, fit_normalizer_on_warmup=parts.from_scratch,
-                                       eval_env_kwargs=env_kwargs, progress=progress, stop=stop.event))
+                                       eval_env_kwargs=env_kwargs, progress=progress, stop=stop.event,
+                                       checkpoints=checkpoints))
             except KeyboardInterrupt:
                 interrupted = True
             interrupted = interrupted or stop.event.is_set()
@@ -497,14 +555,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
         store.close()
         env.close()
     summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
-               "online_episodes": len(state.episode_rows), "offline_draws": source.offline_draws,
+               "offline_updates": state.offline_updates, "online_episodes": len(state.episode_rows),
+               "offline_draws": source.offline_draws,
                "first_update_step": state.first_update_step, "resumed": resume, **summary}
     if interrupted:
         summary["interrupted"] = True
     (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
     if interrupted:
-        print(interrupted_message(run_dir, Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr"),
-              file=sys.stderr, flush=True)
+        print(interrupted_message(run_dir, Path(cfg.online_store) if cfg.online_store else run_dir / "online.zarr",
+                                  cfg.offline_steps), file=sys.stderr, flush=True)
         raise KeyboardInterrupt
     return summary
 
