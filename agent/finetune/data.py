@@ -87,8 +87,10 @@ class BatchSource:
         return n_off, batch_size - n_off
 
     def ready(self) -> bool:
-        """Whether a batch can be drawn: the online part needs at least one episode."""
-        return self.split(2)[1] == 0 or self.online.size > 0
+        """Whether a batch can be drawn: unless every row is offline, the online part needs
+        at least one episode (whatever the batch size: a ratio below 1 leaves online rows
+        in a large enough batch)."""
+        return self.offline_ratio >= 1.0 or self.online.size > 0
 
     def sample(self, k: int, batch_size: int, offline_only: bool = False) -> dict[str, np.ndarray]:
         """A [K, B] batch ([B] when K = 1); ``offline_only`` for an offline phase."""
