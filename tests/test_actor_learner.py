@@ -114,7 +114,7 @@ def test_transitions_land_in_the_store_with_lineage_and_weight_versions_increase
     evals = [r for r in rows if "eval/return_mean" in r]
     assert [r["step"] for r in evals] == [0, 150, 300]  # at the eval cadence, the first the offline start
     assert evals[0]["eval/weight_version"] == 0 < evals[1]["eval/weight_version"] < evals[2]["eval/weight_version"]
-    assert all(k in evals[-1] for k in ("eval/q_calibration_gap", "eval/normalized_score", "eval/success_rate"))
+    assert all(k in evals[-1] for k in ("eval/q_calibration_gap_bootstrapped", "eval/normalized_score", "eval/success_rate"))
     train = [r for r in rows if "train/critic_loss" in r]
     assert train and all(np.isfinite(r["train/critic_loss"]) for r in train)
     timing = [r for r in rows if "actor/jitter_p99_ms" in r]

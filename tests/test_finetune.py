@@ -67,7 +67,7 @@ def test_every_loop_runs_a_few_hundred_steps(algo, pretrained, tmp_path):
     rows = read_metrics(tmp_path / algo)
     evals = [r for r in rows if "eval/return_mean" in r]
     assert [r["step"] for r in evals] == [0, 150, 300]  # step 0: the offline start
-    assert all(k in evals[-1] for k in ("eval/q_calibration_gap", "eval/heldout_td_error", "eval/normalized_score",
+    assert all(k in evals[-1] for k in ("eval/q_calibration_gap_bootstrapped", "eval/heldout_td_error", "eval/normalized_score",
                                         "eval/ensemble_std_visited"))
     train = [r for r in rows if "train/critic_loss" in r]
     assert train and all(np.isfinite(r["train/critic_loss"]) for r in train)

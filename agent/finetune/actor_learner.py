@@ -72,7 +72,7 @@ from agent.collect import config_hash
 from agent.config import save_yaml
 from agent.finetune.config import FinetuneConfig, loop_setting
 from agent.finetune.data import BatchSource
-from agent.finetune.diagnostics import discounted_returns, heldout_td_error
+from agent.finetune.diagnostics import heldout_td_error, q_calibration
 from agent.finetune.loop import (Checkpoints, LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do,
                                   offline_phase, owns_sigint, resolve_run)
 from agent.logger import MetricsLogger
@@ -385,7 +385,8 @@ class _Actor:
                 rewards.append(float(reward))
                 done = bool(terminated or truncated)
             episodes.append({"return": float(np.sum(rewards)), "length": len(rewards), "success": bool(info.get("success", False)),
-                             "obs": np.stack(seen), "action": np.stack(actions), "reward": np.asarray(rewards)})
+                             "obs": np.stack(seen), "action": np.stack(actions), "reward": np.asarray(rewards),
+                             "final_obs": np.asarray(obs, np.float32), "truncated": bool(truncated and not terminated)})
         self.outbox.offer(("eval", {"env_steps": self.env_steps, "weight_version": self.version, "episodes": episodes}))
 
     def timing(self, window: bool) -> dict:
@@ -540,17 +541,7 @@ def _eval_metrics(env_id: str, learner, episodes: list[dict], defines_success: b
     from agent.evaluate import summarize
 
     result = summarize(env_id, episodes, defines_success)
-    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
-    if critic is not None and episodes:
-        mc = np.concatenate([discounted_returns(e["reward"], gamma) for e in episodes])
-        obs = torch.as_tensor(np.concatenate([e["obs"] for e in episodes]), device=learner.device)
-        action = torch.as_tensor(np.concatenate([e["action"] for e in episodes]), device=learner.device)
-        with torch.no_grad():
-            qs = critic(learner.normalizer(obs), action)
-        result["q_visited"] = float(qs.mean())
-        result["mc_return_visited"] = float(mc.mean())
-        result["q_calibration_gap"] = result["q_visited"] - result["mc_return_visited"]
-        result["ensemble_std_visited"] = float(qs.std(0).mean()) if qs.shape[0] > 1 else 0.0
+    result.update(q_calibration(learner, episodes))
     if heldout is not None:
         result["heldout_td_error"] = heldout_td_error(learner, heldout)
     return {k: v for k, v in result.items() if isinstance(v, float)}

@@ -11,59 +11,80 @@ from agent.envs import make_env
 from agent.evaluate import rollout, summarize
 
 
-def discounted_returns(reward: np.ndarray, gamma: float) -> np.ndarray:
-    """Monte-Carlo return of every step of one episode; a truncated tail counts as 0,
-    so on truncated episodes this is a lower bound of the true return."""
+def bootstrapped_returns(reward: np.ndarray, gamma: float, tail_value: float = 0.0) -> np.ndarray:
+    """Discounted return of every step of one episode, the value after its last step taken
+    as ``tail_value``: 0 for an episode that terminated, the critic's value of its last state
+    for one cut by a time limit (the critic bootstraps through truncation, so a return that
+    drops the tail would understate Q by gamma^(T-t) V(s_T))."""
     out = np.empty(len(reward), np.float64)
-    running = 0.0
+    running = float(tail_value)
     for t in range(len(reward) - 1, -1, -1):
         running = float(reward[t]) + gamma * running
         out[t] = running
     return out
 
 
+def q_calibration(learner, episodes: list[dict]) -> dict[str, float]:
+    """Q calibration on the visited (s, a): ``q_visited``, the ensemble's mean Q, against
+    ``return_bootstrapped_visited``, their discounted return with a truncated episode's tail
+    valued by the ensemble at its last state and the policy's deterministic action there.
+    Each episode holds ``obs`` [T, d], ``action`` [T, a], ``reward`` [T], ``final_obs`` [d]
+    and ``truncated`` (cut by a time limit, not terminated). Empty without a critic."""
+    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
+    if critic is None or not episodes:
+        return {}
+
+    def q(obs: np.ndarray, action: np.ndarray) -> torch.Tensor:  # [E, N]
+        with torch.no_grad():
+            return critic(learner.normalizer(torch.as_tensor(obs, device=learner.device)),
+                          torch.as_tensor(action, device=learner.device))
+
+    returns = []
+    for e in episodes:
+        tail = 0.0
+        if e["truncated"]:
+            final = np.asarray(e["final_obs"], np.float32)[None]
+            tail = float(q(final, np.asarray(learner.act(final[0], deterministic=True), np.float32)[None]).mean())
+        returns.append(bootstrapped_returns(np.asarray(e["reward"]), gamma, tail))
+    qs = q(np.concatenate([e["obs"] for e in episodes]).astype(np.float32),
+           np.concatenate([e["action"] for e in episodes]).astype(np.float32))
+    out = {"q_visited": float(qs.mean()), "return_bootstrapped_visited": float(np.concatenate(returns).mean()),
+           "ensemble_std_visited": float(qs.std(0).mean()) if qs.shape[0] > 1 else 0.0}
+    out["q_calibration_gap_bootstrapped"] = out["q_visited"] - out["return_bootstrapped_visited"]
+    return out
+
+
 def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 10_000, env=None,
                               env_kwargs: dict | None = None) -> dict:
     """The deterministic policy's return, normalized score and success (as ``agent eval``)
-    plus Q calibration: mean ensemble Q(s, a) over the visited (s, a) against their
-    discounted Monte-Carlo return. ``env``: an env to reuse (a robot env, the one arm),
-    left open; otherwise one is made from ``env_id`` and ``env_kwargs`` and closed."""
+    plus :func:`q_calibration` on the episodes it ran. ``env``: an env to reuse (a robot
+    env, the one arm), left open; otherwise one is made from ``env_id`` and ``env_kwargs`` and closed."""
     own_env = env is None
     if env is None:
         env = make_env(env_id, **(env_kwargs or {}))
-    obs_seen: list[np.ndarray] = []
-    actions: list[np.ndarray] = []
-    rewards: list[list[float]] = []
+    ran: list[dict] = []
 
     def policy(obs):
         action = learner.act(obs, deterministic=True)
-        obs_seen.append(np.asarray(obs, np.float32))
-        actions.append(np.asarray(action, np.float32))
+        ran[-1]["obs"].append(np.asarray(obs, np.float32))
+        ran[-1]["action"].append(np.asarray(action, np.float32))
         return action
 
-    def on_step(obs, action, reward, *rest):
-        rewards[-1].append(float(reward))
+    def on_step(obs, action, reward, next_obs, terminated, truncated, info):
+        ran[-1]["reward"].append(float(reward))
+        ran[-1].update(final_obs=np.asarray(next_obs, np.float32), truncated=bool(truncated and not terminated))
 
     try:
         results = []
         for i in range(episodes):
-            rewards.append([])
+            ran.append({"obs": [], "action": [], "reward": []})
             results.append(rollout(env, policy, seed + i, on_step=on_step))
         result = summarize(env_id, results, getattr(env.unwrapped, "defines_success", False))
     finally:
         if own_env:
             env.close()
-    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
-    if critic is not None and obs_seen:
-        mc = np.concatenate([discounted_returns(np.asarray(r), gamma) for r in rewards])
-        obs = torch.as_tensor(np.stack(obs_seen), device=learner.device)
-        action = torch.as_tensor(np.stack(actions), device=learner.device)
-        with torch.no_grad():
-            qs = critic(learner.normalizer(obs), action)
-        result["q_visited"] = float(qs.mean())
-        result["mc_return_visited"] = float(mc.mean())
-        result["q_calibration_gap"] = result["q_visited"] - result["mc_return_visited"]
-        result["ensemble_std_visited"] = float(qs.std(0).mean()) if qs.shape[0] > 1 else 0.0
+    result.update(q_calibration(learner, [{**e, "obs": np.stack(e["obs"]), "action": np.stack(e["action"])}
+                                          for e in ran if e["reward"]]))
     return result
 
 
