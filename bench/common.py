@@ -43,9 +43,11 @@ def machine() -> str:
             f"torch {torch.__version__}, numpy {np.__version__})")
 
 
-def write_results(name: str, rows: list[dict], command: str | None = None, merge: bool = False) -> Path:
+def write_results(name: str, rows: list[dict], command: str | None = None, merge: bool = False,
+                  extra: dict | None = None) -> Path:
     """Write bench/results/<name>.json. With ``merge``, rows of an earlier run whose
-    names this run did not measure are kept (a bench run in parts)."""
+    names this run did not measure are kept (a bench run in parts); ``extra`` adds
+    top-level keys after the rows (lists a row's detail refers to)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     command = command or "python " + " ".join(sys.argv)
@@ -56,7 +58,8 @@ def write_results(name: str, rows: list[dict], command: str | None = None, merge
         rows = kept + rows
         if kept:
             command = f"{earlier.get('command')}; {command}"
-    payload = {"bench": name, "machine": machine(), "date": date.today().isoformat(), "command": command, "rows": rows}
+    payload = {"bench": name, "machine": machine(), "date": date.today().isoformat(), "command": command, "rows": rows,
+               **(extra or {})}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     return out
 

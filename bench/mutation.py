@@ -30,8 +30,8 @@ Rows (bench/results/mutation.json; --quick writes mutation.quick.json):
 * ``mutation_score`` -- killed / (mutants - equivalent), percent; a mutant counts as
   killed when a test fails or times out. Target >= 90. Per-module rows follow. The
   equivalent mutants (EQUIVALENT below, each with the reason no test can tell it from
-  the original) are listed with their location and mutation in
-  bench/results/mutation_equivalent.json, the survivors in mutation_survivors.json.
+  the original) are listed with their location and mutation under
+  ``equivalent_mutants`` in the same file, the survivors under ``surviving_mutants``.
 * ``planted_bugs_caught`` -- PLANTED, nine one-line bugs a review planted in the shared
   math that the suite of the time let through, applied one at a time as patches to a
   copy of the package: each must make the fast tests fail. Target >= 9.
@@ -634,7 +634,7 @@ def score_rows(results: dict[str, tuple[str, str]], info: dict[str, dict], bench
         if group == "all":
             raw = round(100.0 * killed / (counted + equiv), 1) if counted + equiv else None
             detail += (f"; {raw} % of all {counted + equiv} mutants killed (equivalents listed with location, mutation "
-                       f"and reason in {bench_name}_equivalent.json, survivors in {bench_name}_survivors.json)")
+                       f"and reason under equivalent_mutants in {bench_name}.json, survivors under surviving_mutants)")
         if unchecked:
             detail += f"; {unchecked} not yet run (rerun to resume)"
         rows.append(row("mutation_score" if group == "all" else f"mutation_score_{group}", score, "%", ">= 90", detail))
@@ -683,8 +683,6 @@ def main() -> None:
         raise SystemExit(f"no mutant outcomes under {work}; run without --report first.")
     info = describe(work, {n: source for n, (source, s) in results.items() if s not in DETECTED | {"not checked"}})
     score, equivalent, survivors = score_rows(results, info, name)
-    (RESULTS / f"{name}_equivalent.json").write_text(json.dumps(equivalent, indent=2, ensure_ascii=False) + "\n")
-    (RESULTS / f"{name}_survivors.json").write_text(json.dumps(survivors, indent=2, ensure_ascii=False) + "\n")
     used = {id(equivalent_entry(i)) for i in info.values()}
     stale = [f"{e[0]} {e[1]}: {e[3]}" for e in EQUIVALENT if id(e) not in used]
     if stale and not args.quick:  # killed since, or the source changed: the list wants a look
@@ -693,7 +691,9 @@ def main() -> None:
         rows = [r for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"] if r["name"] == "planted_bugs_caught"]
     rows = score + rows
     print_rows(rows)
-    print(f"wrote {write_results(name, rows, command='python bench/mutation.py' + (' --quick' if args.quick else ''))}")
+    command = "python bench/mutation.py" + (" --quick" if args.quick else "")
+    extra = {"equivalent_mutants": equivalent, "surviving_mutants": survivors}
+    print(f"wrote {write_results(name, rows, command=command, extra=extra)}")
 
 
 if __name__ == "__main__":

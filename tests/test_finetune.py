@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from agent.collect import CollectConfig, collect
 from agent.finetune import FinetuneConfig, finetune
 from agent.logger import read_metrics
-from agent.pretrain import PretrainConfig, pretrain
 from agent.store import Store
+from helpers import pretrained_calql
 
 ENV = "sims/ArmReach-v0"  # 50-step episodes, 28-d observations, 7-d actions
 ALGOS = ["wsrl", "ro2o", "h2o", "calql", "rlpd", "sac"]
@@ -28,13 +27,8 @@ def one_thread():
 def pretrained(tmp_path_factory):
     """A tiny noisy-expert dataset and a Cal-QL run (10 critics + LayerNorm) on it."""
     root = tmp_path_factory.mktemp("finetune")
-    data = str(root / "data.zarr")
-    collect(CollectConfig(env=ENV, policy="scripted", epsilon=0.3, episodes=8, seed=1, out=data), progress=False)
-    cfg = PretrainConfig(data=data, algo="calql", out=str(root / "calql"), steps=60, batch_size=32, eval_episodes=0,
-                         log_every=30, checkpoint_every=60)
-    cfg.calql.hidden_dims, cfg.calql.num_critics, cfg.calql.layer_norm, cfg.calql.num_sampled_actions = [32, 32], 10, True, 2
-    pretrain(cfg, progress=False)
-    return {"data": data, "init": str(root / "calql"), "root": root}
+    return {**pretrained_calql(root, episodes=8, steps=60, batch_size=32, hidden_dims=[32, 32], num_critics=10,
+                               layer_norm=True, log_every=30), "root": root}
 
 
 def tiny(algo: str, pretrained: dict, out, **overrides) -> FinetuneConfig:

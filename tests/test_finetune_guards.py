@@ -12,40 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from agent.checkpoint import load_checkpoint
 from agent.cli import main
-from agent.collect import CollectConfig, collect
 from agent.finetune import FinetuneConfig, finetune
 from agent.logger import read_metrics
-from agent.pretrain import PretrainConfig, pretrain
 from agent.store import Store
+from helpers import pretrained_calql
 
 ENV = "sims/ArmReach-v0"  # 50-step episodes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def calql(tmp_path_factory):
     """A Cal-QL run whose sizes all differ from WSRL's defaults (256x3 widths, 10 critics, LayerNorm)."""
-    root = tmp_path_factory.mktemp("guards")
-    data = str(root / "data.zarr")
-    collect(CollectConfig(env=ENV, policy="scripted", epsilon=0.3, episodes=2, seed=1, out=data), progress=False)
-    cfg = PretrainConfig(data=data, algo="calql", out=str(root / "calql"), steps=5, batch_size=16, eval_episodes=0,
-                         log_every=5, checkpoint_every=5)
-    cfg.calql.hidden_dims, cfg.calql.num_critics, cfg.calql.layer_norm, cfg.calql.num_sampled_actions = [16, 16], 4, False, 2
-    pretrain(cfg, progress=False)
-    return {"data": data, "init": str(root / "calql")}
+    return pretrained_calql(tmp_path_factory.mktemp("guards"), episodes=2, steps=5, batch_size=16, hidden_dims=[16, 16],
+                            num_critics=4, layer_norm=False)
 
 
 def sac(out, **overrides) -> FinetuneConfig:
