@@ -28,7 +28,6 @@ import multiprocessing
 import queue as queue_module
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from agent.config import check_ranges, from_dict, option, to_dict
 from agent.envs import make_env, reference_returns
+from agent.interrupts import give_back_sigint, take_sigint
 from agent.store import EpisodeAttrs, Store
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
@@ -251,16 +251,11 @@ class _WholeAppends:
         self.pending = True
 
     def __enter__(self) -> "_WholeAppends":
-        # only the main thread may set handlers; an ignored SIGINT (cmd &) or a caller's handler is left alone
-        self._installed = (threading.current_thread() is threading.main_thread()
-                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-        if self._installed:
-            signal.signal(signal.SIGINT, self._on_sigint)
+        self._installed = take_sigint(self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        give_back_sigint(self._installed)
 
     @contextlib.contextmanager
     def append(self):

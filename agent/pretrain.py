@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,6 +13,7 @@ from tqdm import tqdm
 from agent.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from agent.config import check_ranges, option, save_yaml, section, to_dict
 from agent.evaluate import env_sizes, evaluate, is_registered
+from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import make_learner
 from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConfig, TD3BCConfig
 from agent.logger import MetricsLogger
@@ -142,12 +141,10 @@ class _HoldInterrupt:
     checkpoint written on interrupt is a whole step; outside a step it interrupts at once."""
 
     def __init__(self):
-        self.pending, self.in_step, self._previous = False, False, None
+        self.pending, self.in_step, self._installed = False, False, False
 
     def __enter__(self):
-        # only the main thread may set handlers; a caller's own SIGINT handler is left alone
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._installed = take_sigint(self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -161,8 +158,7 @@ class _HoldInterrupt:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        give_back_sigint(self._installed)
         return False
 
 

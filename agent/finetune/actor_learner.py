@@ -74,7 +74,8 @@ from agent.finetune.config import FinetuneConfig, loop_setting
 from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import heldout_td_error, q_calibration
 from agent.finetune.loop import (Checkpoints, LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do,
-                                  offline_phase, owns_sigint, resolve_run)
+                                  offline_phase, resolve_run)
+from agent.interrupts import give_back_sigint, owns_sigint, take_sigint
 from agent.logger import MetricsLogger
 from agent.nets import act
 from agent.store import EpisodeAttrs, Store
@@ -793,8 +794,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         summary: dict = {}
         if handle_sigint:
             # from here on SIGINT stops both processes in order instead of raising mid-update
-            signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-            installed = True
+            installed = take_sigint(lambda *_: interrupted.set())
         if state.offline_updates < cfg.offline_steps:
             summary.update(offline_phase(cfg, learner, source, logger, rng, state, plan.env_id, progress, interrupted,
                                          checkpoints))
@@ -813,8 +813,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
     except _StoppedOffline:
         pass  # interrupted in the offline phase, which has checkpointed; the actor never started
     finally:
-        if installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        give_back_sigint(installed)
         _stop_actor(proc, control_send)
         for closable in (logger, store):
             if closable is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from agent.envs import make_env, reference_returns
 from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
+from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import LEARNERS, make_learner
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
@@ -116,22 +116,11 @@ class StopRequest:
         self.event.set()
 
     def __enter__(self) -> StopRequest:
-        self._installed = owns_sigint()
-        if self._installed:
-            signal.signal(signal.SIGINT, self._request)
+        self._installed = take_sigint(self._request)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def owns_sigint() -> bool:
-    """Whether a run may put its own SIGINT handler in place: only on the main thread and only
-    over Python's default one, never over an ignored SIGINT (``cmd &`` in a script) or a
-    caller's handler."""
-    return (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        give_back_sigint(self._installed)
 
 
 def offline_phase(cfg: FinetuneConfig, learner, source: BatchSource, logger: MetricsLogger, rng, state: LoopState,
