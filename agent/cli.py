@@ -194,7 +194,7 @@ def cmd_eval(args) -> int:
         raise ValueError("eval needs exactly one of --run RUN or --policy {scripted,random}.")
     if cfg.run:
         from agent.checkpoint import load_checkpoint
-        from agent.evaluate import is_registered
+        from agent.envs import is_registered
         from agent.policy import policy_maker
 
         ckpt = load_checkpoint(cfg.run)

@@ -17,6 +17,13 @@ def _register_owner(env_id: str) -> None:
     importlib.import_module("sims")
 
 
+def is_registered(env_id: str) -> bool:
+    """Whether ``env_id`` names a gymnasium environment (after importing the package that owns its prefix);
+    an imported dataset's id (``d4rl/...``, ``robomimic/...``) names none."""
+    _register_owner(env_id)
+    return env_id in gymnasium.registry
+
+
 def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     """``gymnasium.make(env_id, **kwargs)``; an unknown id is refused with the known ones."""
     _register_owner(env_id)

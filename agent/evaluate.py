@@ -24,17 +24,6 @@ class EvalConfig:
     video_episodes: int = option(1, "how many episodes --video shows", min=1)
 
 
-def is_registered(env_id: str) -> bool:
-    """Whether ``env_id`` names a gymnasium environment (after importing the package that owns its prefix);
-    an imported dataset's id (``d4rl/...``, ``robomimic/...``) names none."""
-    import gymnasium
-
-    from agent.envs import _register_owner
-
-    _register_owner(env_id)
-    return env_id in gymnasium.registry
-
-
 def env_sizes(env_id: str, env_kwargs: dict | None = None) -> tuple[int, int]:
     """(observation size, action size) of ``env_id``; an unknown id is refused with the known ones."""
     env = make_env(env_id, **(env_kwargs or {}))

@@ -13,8 +13,7 @@ from agent.store import Store
 def summarize_store(store: Store) -> dict:
     attrs = store.episode_attrs()
     # an import whose format states no success stores False for it; report that as unknown, not 0
-    imported = store.attrs.get("imported_from") or {}
-    unknown_success = attrs["source"] == "imported" if imported.get("success_recorded", True) is False \
+    unknown_success = attrs["source"] == "imported" if not store.success_recorded \
         else np.zeros(len(attrs["source"]), bool)
     by_source = {}
     for source in sorted(set(attrs["source"].tolist())):

@@ -12,11 +12,10 @@ from types import ModuleType
 EXTRAS = {
     "h5py": "io",
     "pyarrow": "io",
-    "pyarrow.parquet": "io",
-    "pyarrow.dataset": "io",
     "fsspec": "io",
     "rliable": "bench",
     "icechunk": "bench",
+    "mutmut": "bench",
 }
 
 
@@ -24,12 +23,12 @@ class MissingDependency(ImportError):
     """An optional dependency is not installed; the message says which extra installs it."""
 
 
-def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
+def require(module: str, purpose: str) -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependency` with the install command."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = extra or EXTRAS.get(module) or EXTRAS.get(module.split(".")[0])
+        extra = EXTRAS.get(module.split(".")[0])
         hint = f"`pip install 'agent[{extra}]'`" if extra else f"`pip install {module.split('.')[0]}`"
         raise MissingDependency(
             f"{purpose} needs the optional package {module.split('.')[0]!r}, which is not installed; "

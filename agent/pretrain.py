@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from agent.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from agent.config import check_ranges, option, save_yaml, section, to_dict
-from agent.evaluate import env_sizes, evaluate, is_registered
+from agent.envs import is_registered
+from agent.evaluate import env_sizes, evaluate
 from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import make_learner
 from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConfig, TD3BCConfig

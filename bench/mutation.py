@@ -652,7 +652,7 @@ def main() -> None:
     args = parser.parse_args()
     from agent.optional import require
 
-    require("mutmut", "the mutation bench", extra="bench")
+    require("mutmut", "the mutation bench")
 
     name = "mutation.quick" if args.quick else "mutation"
     work = WORK / name

@@ -16,7 +16,6 @@ import numpy as np
 import yaml
 
 from agent.logger import read_metrics
-from agent.optional import require
 
 # fields only `agent finetune` writes to a run's config.yaml
 FINETUNE_FIELDS = ("init", "online_store")
@@ -104,9 +103,10 @@ def markdown_table(algos: dict) -> str:
 
 
 def plot(algos: dict, path: Path, title: str) -> None:
-    matplotlib = require("matplotlib", "agent report (drawing curves.png)")
+    import matplotlib
+
     matplotlib.use("Agg")
-    plt = require("matplotlib.pyplot", "agent report (drawing curves.png)")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, s in algos.items():
         x = [c["step"] for c in s["curve"]]

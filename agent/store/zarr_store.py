@@ -314,6 +314,12 @@ class Store:
         return int(np.prod(self.attrs["action_space"]["shape"]))
 
     @property
+    def success_recorded(self) -> bool:
+        """False for an import whose format states no success: its episodes' success column
+        holds False for "unknown"."""
+        return (self.attrs.get("imported_from") or {}).get("success_recorded", True) is not False
+
+    @property
     def array_specs(self) -> dict[str, dict]:
         return self.attrs["arrays"]
 

@@ -150,7 +150,7 @@ def _write_d4rl_file(h5py, tmp: Path, store: Store, obs, next_obs, terminated, t
         for k in ("quality", "split"):
             f.create_dataset(f"agent/episodes/{k}", data=np.asarray([str(v) for v in attrs[k]], dtype=h5py.string_dtype()))
         f.create_dataset("agent/episodes/seed", data=attrs["seed"])
-        if store.attrs.get("imported_from", {}).get("success_recorded", True):  # unknown stays unknown
+        if store.success_recorded:  # unknown stays unknown
             f.create_dataset("agent/episodes/success", data=attrs["success"])
         f.attrs["agent_store"] = json.dumps({"env_id": store.env_id, "env_kwargs": store.attrs.get("env_kwargs", {}),
                                              "observation_space": store.attrs["observation_space"],
