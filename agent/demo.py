@@ -5,8 +5,10 @@ random, medium and expert datasets from the recipes in ``datasets/`` (fewer epis
 than the full recipes), pretrains BC on each and IQL on the medium data, evaluates every
 policy in the simulator and prints a table of D4RL-style normalized scores
 (0 = uniform random policy, 100 = scripted expert). Then the online half: Cal-QL
-pretrains on the medium data and WSRL fine-tunes that policy in the simulator; the
-table's last lines give its score before and after fine-tuning.
+pretrains on the medium data and ``--algo auto`` fine-tunes that policy in the simulator:
+it compares the policy with its data, keeps or drops the data (WSRL when the policy is
+clearly better), and the table's last lines give the decision and the score before and
+after fine-tuning.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ TIERS = ("random", "medium", "expert")
 # offline RL runs on the medium tier, where imitation alone is not enough
 OFFLINE_RL = {"algo": "iql", "iql": {"expectile": 0.9, "beta": 3.0}}
 # the fine-tuning stage, sized for a CPU: Cal-QL with a 10-critic LayerNorm ensemble
-# (what WSRL warm-starts from), then WSRL online. The temperature learns 30x faster than
+# (what WSRL warm-starts from), then --algo auto online (WSRL or Cal-QL 50/50). The temperature learns 30x faster than
 # the papers' 1e-4: from its start at 1.0 it must reach ~0.05 within a few thousand
 # updates, not the papers' million, or the entropy bonus keeps the actor near uniform.
 # WSRL's temperature learns at the same rate: online, without the conservative term, Q
@@ -45,7 +47,7 @@ MARKER = ".agent-demo"
 
 def _outputs(out: Path) -> list[Path]:
     """Everything the demo writes under ``out``: all a rerun may remove."""
-    runs = [f"bc-{tier}" for tier in TIERS] + [f"{OFFLINE_RL['algo']}-medium", "calql-medium", "wsrl-medium"]
+    runs = [f"bc-{tier}" for tier in TIERS] + [f"{OFFLINE_RL['algo']}-medium", "calql-medium", "auto-medium"]
     return [out / f"{tier}.zarr" for tier in TIERS] + [out / r for r in runs] + [out / "results.json", out / MARKER]
 
 
@@ -121,7 +123,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
 
 def _finetune_stage(out: Path, store_path: Path, steps: int, online_steps: int, eval_episodes: int) -> dict:
-    """Cal-QL offline on the medium data, then WSRL online from it; scores before/after."""
+    """Cal-QL offline on the medium data, then ``--algo auto`` online from it; its decision, scores before/after."""
     from agent.finetune import FinetuneConfig
     from agent.finetune import finetune as run_finetune
     from agent.finetune.report import load_run
@@ -129,15 +131,15 @@ def _finetune_stage(out: Path, store_path: Path, steps: int, online_steps: int, 
     init = out / "calql-medium"
     pretrain(from_dict(PretrainConfig, {"data": str(store_path), "out": str(init), "steps": steps, "eval_episodes": 0,
                                         "checkpoint_every": steps, **CALQL}))
-    run = out / "wsrl-medium"
+    run = out / "auto-medium"
     every = max(online_steps // 5, 1)
-    run_finetune(from_dict(FinetuneConfig, {"algo": "wsrl", "init": str(init), "env": DEFAULT_ENV, "out": str(run),
-                                            "steps": online_steps, "eval_every": every, "eval_episodes": eval_episodes,
-                                            "checkpoint_every": online_steps, "log_every": every,
-                                            **{**WSRL, "warmup_steps": min(WSRL["warmup_steps"], online_steps // 3)}}))
+    summary = run_finetune(from_dict(FinetuneConfig, {
+        "algo": "auto", "init": str(init), "env": DEFAULT_ENV, "out": str(run), "steps": online_steps, "eval_every": every,
+        "eval_episodes": eval_episodes, "checkpoint_every": online_steps, "log_every": every,
+        "auto": {"episodes": max(eval_episodes, 2)}, **{**WSRL, "warmup_steps": min(WSRL["warmup_steps"], online_steps // 3)}}))
     curve = load_run(str(run))
-    return {"algo": "wsrl", "init": "calql", "online_steps": online_steps, "before": curve["values"][0],
-            "after": curve["values"][-1], "curve": list(zip(curve["steps"], curve["values"]))}
+    return {"algo": summary["algo"], "init": "calql", "decision": summary["auto"], "online_steps": online_steps,
+            "before": curve["values"][0], "after": curve["values"][-1], "curve": list(zip(curve["steps"], curve["values"]))}
 
 
 def _fmt(x) -> str:
@@ -162,7 +164,9 @@ def format_table(table: dict) -> str:
     ft = table.get("finetune")
     if ft:
         lines += ["", f"Fine-tuning online on {table['env_id']} ({ft['online_steps']} environment steps):",
-                  f"Cal-QL on medium data (offline start) {_fmt(ft['before'])} -> WSRL {_fmt(ft['after'])}",
+                  f"--algo auto: {ft['decision']['branch']} the offline data -> {ft['algo']}, because "
+                  f"{ft['decision']['reason']}",
+                  f"Cal-QL on medium data (offline start) {_fmt(ft['before'])} -> {ft['algo']} {_fmt(ft['after'])}",
                   "  curve: " + ", ".join(f"{s}: {_fmt(v)}" for s, v in ft["curve"])]
     lines.append(f"\n({table['seconds']} s; stores and runs under the demo's --out directory)")
     return "\n".join(lines)

@@ -37,3 +37,14 @@ def pretrained_calql(root, *, episodes: int, steps: int, batch_size: int, hidden
         hidden_dims, num_critics, layer_norm, 2
     pretrain(cfg, progress=False)
     return {"data": data, "init": str(root / "calql")}
+
+
+def pretrained_iql(root, data: str, *, steps: int, batch_size: int, hidden_dims: list[int]) -> str:
+    """A tiny IQL run on the store ``data`` under ``root``; returns its run directory."""
+    from agent.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(data=data, algo="iql", out=str(root / "iql"), steps=steps, batch_size=batch_size, eval_episodes=0,
+                         log_every=steps, checkpoint_every=steps)
+    cfg.iql.hidden_dims = hidden_dims
+    pretrain(cfg, progress=False)
+    return str(root / "iql")

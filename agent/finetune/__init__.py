@@ -1,6 +1,7 @@
 """Online fine-tuning: one loop for WSRL, RO2O, H2O and the Cal-QL, RLPD and SAC baselines.
 
 * :mod:`agent.finetune.config` -- :class:`FinetuneConfig` and each algorithm's loop defaults.
+* :mod:`agent.finetune.regime` -- ``--algo auto``: keep or drop the offline data, measured.
 * :mod:`agent.finetune.data` -- the online buffer and the [K, B] batch source.
 * :mod:`agent.finetune.loop` -- :func:`run` (the loop) and :func:`finetune` (set-up, resume).
 * :mod:`agent.finetune.actor_learner` -- the same with actor and learner in separate
@@ -10,6 +11,7 @@
 """
 from agent.config import check_ranges
 from agent.finetune import loop as _loop
+from agent.finetune import regime
 from agent.finetune.config import ALGO_DEFAULTS, FinetuneConfig
 from agent.finetune.loop import LoopState, run
 
@@ -18,11 +20,18 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     """Run ``agent finetune``: the single-process loop, or actor and learner in two
     processes when ``cfg.actor_learner`` is set. ``make_source`` lets tests wrap the batch source."""
     check_ranges(cfg)  # a config built in Python gets the same refusals as one from flags
+    decision = None
+    if cfg.algo == "auto":
+        cfg, decision = regime.resolve(cfg, resume=resume, progress=progress)
     if cfg.actor_learner:
         from agent.finetune.actor_learner import finetune_actor_learner
 
-        return finetune_actor_learner(cfg, resume=resume, progress=progress, make_source=make_source)
-    return _loop.finetune(cfg, resume=resume, progress=progress, make_source=make_source)
+        summary = finetune_actor_learner(cfg, resume=resume, progress=progress, make_source=make_source)
+    else:
+        summary = _loop.finetune(cfg, resume=resume, progress=progress, make_source=make_source)
+    if decision is not None:
+        summary["auto"] = {k: decision[k] for k in ("branch", "algo", "offline_ratio", "reason")}
+    return summary
 
 
 __all__ = ["ALGO_DEFAULTS", "FinetuneConfig", "LoopState", "finetune", "run"]

@@ -75,6 +75,7 @@ from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import heldout_td_error, q_calibration
 from agent.finetune.loop import (Checkpoints, LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do,
                                   offline_phase, resolve_run)
+from agent.finetune.regime import log_decision
 from agent.interrupts import give_back_sigint, owns_sigint, take_sigint
 from agent.logger import MetricsLogger
 from agent.nets import act
@@ -790,6 +791,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+        log_decision(logger, resume)
         checkpoints = Checkpoints(cfg, learner, logger, rng, state, plan.env_id, plan.env_kwargs, on_disk=parts.ckpt)
         summary: dict = {}
         if handle_sigint:

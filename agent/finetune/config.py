@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.config import option, section
-from agent.learners import CalQLConfig, H2OConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
+from agent.finetune.regime import AutoConfig
+from agent.learners import CalQLConfig, H2OConfig, IQLConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
 
 # The loop settings each algorithm's authors use, where the config leaves them empty:
 # warm-up steps, who acts during warm-up, update-to-data ratio, offline share of a batch.
@@ -16,13 +17,18 @@ ALGO_DEFAULTS: dict[str, dict] = {
     "rlpd": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 20, "offline_ratio": 0.5},
     "sac": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.0},
     "h2o": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
+    # IQL keeps its offline data (the paper and CORL append online data to the offline buffer);
+    # symmetric batches here, so that the online share does not depend on the dataset's size
+    "iql": {"warmup_steps": 0, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.5},
 }
 
 
 @dataclass
 class FinetuneConfig:
-    algo: Literal["wsrl", "ro2o", "h2o", "calql", "rlpd", "sac"] = option("wsrl", "fine-tuning algorithm")
-    init: str = option("", "pretrained run directory or checkpoint (WSRL: Cal-QL/CQL; Cal-QL: Cal-QL; RO2O: optional)")
+    algo: Literal["auto", "wsrl", "ro2o", "h2o", "calql", "iql", "rlpd", "sac"] = option(
+        "auto", "fine-tuning algorithm; auto keeps or drops the offline data by comparing the --init policy with it (--auto.*)")
+    init: str = option("", "pretrained run directory or checkpoint (auto: Cal-QL/CQL/SAC-N/IQL; WSRL: Cal-QL/CQL; "
+                           "Cal-QL: Cal-QL; IQL: IQL; RO2O: optional)")
     env: str = option("", "env id trained in online; empty means the pretrained run's env")
     sim_gap: list[str] = option([], "dynamics-gap kwargs of the training env, name=value (e.g. gravity_scale=2.0); evaluation always uses the nominal env")
     env_kwargs: list[str] = option([], "name=value kwargs for the env, train and eval; values are YAML scalars (e.g. domain_id=5,transport=dds)")
@@ -48,11 +54,13 @@ class FinetuneConfig:
     actor_learner: bool = option(False, "run the actor (env, control loop) and the learner in separate processes (docs/ros2.md, Timing)")
     control_rate: float = option(20.0, "actor-learner: the actor's control rate in Hz; 0 leaves pacing to the env (sims run unpaced, robot envs pace themselves)", min=0)
     weight_push_seconds: float = option(1.0, "actor-learner: the learner pushes new actor weights this often (seconds); the actor swaps them between steps", gt=0)
+    auto: AutoConfig = section(AutoConfig, "regime-aware choice (--algo auto)")
     wsrl: WSRLConfig = section(WSRLConfig, "WSRL settings")
     ro2o: RO2OConfig = section(RO2OConfig, "RO2O settings")
     h2o: H2OConfig = section(H2OConfig, "H2O settings")
     calql: CalQLConfig = section(CalQLConfig, "Cal-QL settings (fine-tuning)")
     rlpd: RLPDConfig = section(RLPDConfig, "RLPD settings")
+    iql: IQLConfig = section(IQLConfig, "IQL settings (fine-tuning)")
     sac: SACConfig = section(SACConfig, "SAC settings")
 
 

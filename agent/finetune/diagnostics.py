@@ -90,12 +90,17 @@ def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 1
 
 def heldout_td_error(learner, batch: dict[str, torch.Tensor]) -> float:
     """Mean squared TD error of the ensemble mean on held-out offline transitions, with
-    the target r + gamma (1 - terminated) min_e Q'_e(s', a'), a' ~ pi(s')."""
+    the target the learner's critic regresses to: r + gamma (1 - terminated) min_e Q'_e(s', a'),
+    a' ~ pi(s'), or r + gamma (1 - terminated) V(s') for IQL, whose critic bootstraps from its value net."""
     critic, target = getattr(learner, "critic", None), getattr(learner, "critic_target", None)
     if critic is None or target is None:
         return float("nan")
     with torch.no_grad():
         obs, next_obs = learner.normalizer(batch["obs"]), learner.normalizer(batch["next_obs"])
-        next_action, _ = learner.actor.sample(next_obs)
-        y = batch["reward"] + learner.cfg.gamma * (1.0 - batch["terminated"].float()) * target(next_obs, next_action).min(0).values
+        if learner.algo == "iql":
+            next_value = learner.value(next_obs)
+        else:
+            next_action, _ = learner.actor.sample(next_obs)
+            next_value = target(next_obs, next_action).min(0).values
+        y = batch["reward"] + learner.cfg.gamma * (1.0 - batch["terminated"].float()) * next_value
         return float(((critic(obs, batch["action"]).mean(0) - y) ** 2).mean())

@@ -42,6 +42,7 @@ from agent.envs import make_env, reference_returns
 from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
+from agent.finetune.regime import log_decision
 from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import LEARNERS, make_learner
 from agent.logger import MetricsLogger
@@ -520,6 +521,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
+    log_decision(logger, resume)
     checkpoints = Checkpoints(cfg, learner, logger, parts.rng, state, env_id, env_kwargs, on_disk=parts.ckpt)
     interrupted = False
     try:
