@@ -30,7 +30,7 @@ SIM_EXECUTABLE = "sim_driver"
 ARGUMENTS = {
     "use_sim": "true: also start the simulated arm driver (sim_driver)",
     "params_file": "ROS 2 parameter file of finetune_node and sim_driver",
-    "algo": "fine-tuning algorithm: wsrl, ro2o, h2o, calql, rlpd or sac",
+    "algo": "fine-tuning algorithm: auto, wsrl, ro2o, h2o, calql, iql, rlpd or sac",
     "init": "pretrained run directory or checkpoint",
     "steps": "online environment steps",
     "out": "run directory",

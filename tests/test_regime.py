@@ -68,10 +68,12 @@ def test_a_forced_branch_wins_and_says_so():
         choose("bc", c)
 
 
-def test_every_start_has_both_branches():
-    starts = {algo for algo, _ in BRANCHES}
-    assert all((s, b) in BRANCHES for s in starts for b in ("drop", "keep"))
-    assert all(ratio == 0.0 for (_, b), (_, ratio) in BRANCHES.items() if b == "drop")
+def test_the_branch_table_is_the_documented_one():
+    assert BRANCHES == {
+        ("calql", "drop"): ("wsrl", 0.0), ("calql", "keep"): ("calql", 0.5),
+        ("cql", "drop"): ("wsrl", 0.0), ("cql", "keep"): ("wsrl", 0.5),
+        ("sacn", "drop"): ("wsrl", 0.0), ("sacn", "keep"): ("wsrl", 0.5),
+        ("iql", "drop"): ("iql", 0.0), ("iql", "keep"): ("iql", 0.5)}
 
 
 @pytest.fixture(scope="module")
@@ -114,22 +116,74 @@ def test_iql_finetuning_appends_online_data_and_keeps_sampling_offline_data(runs
     assert sum(in_offline) == 16  # 16 offline rows, 16 online rows in the batch
 
 
-def test_auto_measures_decides_saves_logs_and_runs_the_branch(runs, tmp_path):
+def refuse_to_evaluate(*args, **kwargs):
+    raise AssertionError("the policy was evaluated again")
+
+
+def test_auto_measures_decides_saves_logs_and_runs_the_branch(runs, tmp_path, monkeypatch):
+    from agent.envs import normalized_score
+
     out = tmp_path / "auto"
     summary = finetune(tiny(runs, out), progress=False)
     decision = json.loads((out / DECISION_FILE).read_text())
-    assert decision["comparison"]["policy_episodes"] == 3 and decision["comparison"]["data_episodes"] == 8
+    c = decision["comparison"]
+    assert c["policy_episodes"] == 3 and c["data_episodes"] == 8
     assert decision["unit"] == "normalized score" and decision["init_algo"] == "iql"
-    assert summary["auto"]["algo"] == "iql" == summary["algo"]
-    keep = decision["branch"] == "keep"
-    assert summary["offline_draws"] == (150 * 16 if keep else 0)
-    logged = [r for r in read_metrics(out) if "auto/keep_data" in r]
-    assert len(logged) == 1 and logged[0]["step"] == 0 and logged[0]["auto/keep_data"] == float(keep)
+    data = [normalized_score(ENV, r) for r in Store.open(runs["data"]).read("meta/episodes/return")]
+    assert c["data_mean"] == pytest.approx(np.mean(data))  # the data's own episodes, normalized like the policy's
+    # a 40-update IQL policy is far below the noisy expert's data: keep it
+    assert c["policy_mean"] < c["data_mean"] and decision["branch"] == "keep" and decision["offline_ratio"] == 0.5
+    assert summary["auto"]["algo"] == "iql" == summary["algo"] and summary["auto"]["branch"] == "keep"
+    assert json.loads((out / "finetune_summary.json").read_text())["auto"]["branch"] == "keep"
+    assert summary["offline_draws"] == 150 * 16
     assert "algo: iql" in (out / "config.yaml").read_text()  # a resume continues the chosen branch
-    # resumed, it keeps its decision and measures nothing again
+    # resumed (as the CLI does, from config.yaml), it keeps its decision, measures nothing and logs it once
     before = (out / DECISION_FILE).read_text()
-    again = finetune(tiny(runs, out, steps=300), resume=True, progress=False)
-    assert again["env_steps"] == 300 and (out / DECISION_FILE).read_text() == before
+    monkeypatch.setattr("agent.evaluate.evaluate", refuse_to_evaluate)
+    again = finetune(tiny(runs, out, steps=300, algo="iql", offline_ratio=0.5), resume=True, progress=False)
+    assert again["env_steps"] == 300 and (out / DECISION_FILE).read_text() == before and again["auto"]["branch"] == "keep"
+    logged = [r for r in read_metrics(out) if "auto/keep_data" in r]
+    assert len(logged) == 1 and logged[0]["step"] == 0 and logged[0]["auto/keep_data"] == 1.0
+    assert logged[0]["auto/data_mean"] == pytest.approx(np.mean(data))
+    finetune(tiny(runs, out, steps=400), resume=True, progress=False)  # --algo auto --resume: the saved decision
+    assert (out / DECISION_FILE).read_text() == before
+
+
+def test_a_stale_decision_file_is_not_read_into_another_run(runs, tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / DECISION_FILE).write_text(json.dumps({"algo": "iql", "branch": "keep", "comparison": {}}))
+    summary = finetune(tiny(runs, out, algo="iql"), progress=False)
+    assert "auto" not in summary and not [r for r in read_metrics(out) if "auto/keep_data" in r]
+
+
+def test_auto_checks_the_step_budget_and_the_run_directory_before_measuring(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr("agent.evaluate.evaluate", refuse_to_evaluate)
+    cfg = tiny(runs, tmp_path / "short", steps=4_000, warmup_steps=None)  # the drop branch would wait 5,000 steps
+    with pytest.raises(ValueError, match=r"above the warm-up of either branch.*drop: iql waits 5000"):
+        finetune(cfg, progress=False)
+    (tmp_path / "used" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "used" / "checkpoints" / "latest.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        finetune(tiny(runs, tmp_path / "used"), progress=False)
+    assert not (tmp_path / "short").exists() and not (tmp_path / "used" / DECISION_FILE).exists()
+
+
+def test_the_heldout_td_error_of_iql_uses_its_value_target(runs):
+    import torch
+
+    from agent.finetune.diagnostics import heldout_td_error
+    from agent.policy import load_policy
+
+    learner = load_policy(runs["iql"], ENV, 28, 7)
+    rng = np.random.default_rng(0)
+    batch = {"obs": torch.randn(64, 28), "next_obs": torch.randn(64, 28), "action": torch.rand(64, 7) * 2 - 1,
+             "reward": torch.rand(64), "terminated": torch.as_tensor(rng.random(64) < 0.3)}
+    with torch.no_grad():  # plainly: Q_e(s, a) averaged over members against r + gamma (1 - d) V(s')
+        obs, nxt = learner.normalizer(batch["obs"]), learner.normalizer(batch["next_obs"])
+        y = batch["reward"] + 0.99 * (~batch["terminated"]).float() * learner.value(nxt)
+        want = float(((learner.critic(obs, batch["action"]).mean(0) - y) ** 2).mean())
+    assert heldout_td_error(learner, batch) == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("branch,algo,draws", [("drop", "wsrl", 0), ("keep", "calql", 150 * 16)])
@@ -155,6 +209,9 @@ def test_a_drop_branch_waits_for_wsrls_warmup_unless_one_is_given():
     drop = {"algo": "iql", "offline_ratio": 0.0, "branch": "drop"}
     cfg = _concrete(FinetuneConfig(algo="auto"), drop)
     assert (cfg.algo, cfg.offline_ratio, cfg.warmup_steps, cfg.warmup_policy) == ("iql", 0.0, 5_000, "policy")
+    short = FinetuneConfig(algo="auto")
+    short.auto.drop_warmup_steps = 300
+    assert _concrete(short, drop).warmup_steps == 300
     assert _concrete(FinetuneConfig(algo="auto", warmup_steps=10), drop).warmup_steps == 10
     keep = _concrete(FinetuneConfig(algo="auto"), {"algo": "iql", "offline_ratio": 0.5, "branch": "keep"})
     assert keep.warmup_steps is None and keep.offline_ratio == 0.5  # IQL's own default: no warm-up

@@ -1,4 +1,4 @@
-"""Online fine-tuning: one loop for WSRL, RO2O, H2O and the Cal-QL, RLPD and SAC baselines.
+"""Online fine-tuning: one loop for ``auto`` (regime-aware), WSRL, RO2O, H2O, IQL and the Cal-QL, RLPD and SAC baselines.
 
 * :mod:`agent.finetune.config` -- :class:`FinetuneConfig` and each algorithm's loop defaults.
 * :mod:`agent.finetune.regime` -- ``--algo auto``: keep or drop the offline data, measured.
@@ -20,18 +20,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     """Run ``agent finetune``: the single-process loop, or actor and learner in two
     processes when ``cfg.actor_learner`` is set. ``make_source`` lets tests wrap the batch source."""
     check_ranges(cfg)  # a config built in Python gets the same refusals as one from flags
-    decision = None
     if cfg.algo == "auto":
         cfg, decision = regime.resolve(cfg, resume=resume, progress=progress)
+    else:  # a resumed auto run continues from its config.yaml, which names the branch's algorithm
+        decision = regime.saved_decision(cfg) if resume else None
     if cfg.actor_learner:
         from agent.finetune.actor_learner import finetune_actor_learner
 
-        summary = finetune_actor_learner(cfg, resume=resume, progress=progress, make_source=make_source)
-    else:
-        summary = _loop.finetune(cfg, resume=resume, progress=progress, make_source=make_source)
-    if decision is not None:
-        summary["auto"] = {k: decision[k] for k in ("branch", "algo", "offline_ratio", "reason")}
-    return summary
+        return finetune_actor_learner(cfg, resume=resume, progress=progress, make_source=make_source, decision=decision)
+    return _loop.finetune(cfg, resume=resume, progress=progress, make_source=make_source, decision=decision)
 
 
 __all__ = ["ALGO_DEFAULTS", "FinetuneConfig", "LoopState", "finetune", "run"]

@@ -75,7 +75,7 @@ from agent.finetune.data import BatchSource
 from agent.finetune.diagnostics import heldout_td_error, q_calibration
 from agent.finetune.loop import (Checkpoints, LoopState, _to_tensors, build_run, interrupted_message, nothing_to_do,
                                   offline_phase, resolve_run)
-from agent.finetune.regime import log_decision
+from agent.finetune.regime import log_decision, summary_entry
 from agent.interrupts import give_back_sigint, owns_sigint, take_sigint
 from agent.logger import MetricsLogger
 from agent.nets import act
@@ -753,7 +753,8 @@ class _Learner:
         self.checkpoint(stopped=not self.budget_reached)
 
 
-def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
+def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None,
+                           decision: dict | None = None) -> dict:
     """:func:`agent.finetune.loop.finetune` with the actor in its own process (``cfg.actor_learner``)."""
     if not np.isfinite(cfg.control_rate) or cfg.control_rate < 0:
         raise ValueError(f"--control-rate must be a rate in Hz >= 0 (0: the env sets the pace), found {cfg.control_rate}.")
@@ -791,7 +792,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
-        log_decision(logger, resume)
+        log_decision(logger, decision, resume)
         checkpoints = Checkpoints(cfg, learner, logger, rng, state, plan.env_id, plan.env_kwargs, on_disk=parts.ckpt)
         summary: dict = {}
         if handle_sigint:
@@ -842,7 +843,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
                "offline_draws": source.offline_draws, "first_update_step": state.first_update_step, "resumed": resume,
                "actor_learner": True,
                "skipped_updates": side.skipped_updates + side.owed, "dropped_episodes": side.dropped_episodes,
-               "weight_versions_pushed": side.pushed_version, "actor": actor_summary, **summary}
+               "weight_versions_pushed": side.pushed_version, "actor": actor_summary, **summary_entry(decision), **summary}
     interrupted_run = side.stopping == "interrupted" or final.get("reason") == "interrupted"
     if interrupted_run:
         summary["interrupted"] = True

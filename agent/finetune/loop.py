@@ -42,7 +42,7 @@ from agent.envs import make_env, reference_returns
 from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
-from agent.finetune.regime import log_decision
+from agent.finetune.regime import log_decision, summary_entry
 from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import LEARNERS, make_learner
 from agent.logger import MetricsLogger
@@ -499,9 +499,11 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
                     used_config(cfg, plan, learner))
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None) -> dict:
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, make_source=None,
+             decision: dict | None = None) -> dict:
     """Build env, learner, data and store from ``cfg``, restore a checkpoint when
-    resuming, and run the loop. ``make_source`` lets tests wrap the batch source.
+    resuming, and run the loop. ``make_source`` lets tests wrap the batch source; ``decision``
+    is an ``auto`` run's (:mod:`agent.finetune.regime`), logged and kept in the summary.
     Interrupted (Ctrl-C), the run checkpoints, prints what it kept and the command that
     resumes it on stderr, and re-raises KeyboardInterrupt."""
     plan = resolve_run(cfg, resume)
@@ -521,7 +523,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=state.env_steps if resume else None)
-    log_decision(logger, resume)
+    log_decision(logger, decision, resume)
     checkpoints = Checkpoints(cfg, learner, logger, parts.rng, state, env_id, env_kwargs, on_disk=parts.ckpt)
     interrupted = False
     try:
@@ -548,7 +550,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, m
     summary = {"run": str(run_dir), "algo": cfg.algo, "env_steps": state.env_steps, "updates": state.updates,
                "offline_updates": state.offline_updates, "online_episodes": len(state.episode_rows),
                "offline_draws": source.offline_draws,
-               "first_update_step": state.first_update_step, "resumed": resume, **summary}
+               "first_update_step": state.first_update_step, "resumed": resume, **summary_entry(decision), **summary}
     if interrupted:
         summary["interrupted"] = True
     (run_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2))

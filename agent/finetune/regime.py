@@ -20,14 +20,17 @@ cql, sacn     WSRL                           WSRL's learner with 50/50 batches
 iql           IQL on online data only        IQL
 ============  =============================  ===================================
 
-A drop branch starts updating only after WSRL's warm-up (``warmup_steps`` env steps with the
-pretrained policy, 5,000 by default), so that online-only batches are not drawn from a
-buffer of one episode; IQL online-only without it fell from 33 to 0 within 2,500 steps on
-arm push.
+A drop branch starts updating only after a warm-up (``--auto.drop-warmup-steps`` env steps
+with the pretrained policy, 5,000 as WSRL's, unless ``--warmup-steps`` is given), so that
+online-only batches are not drawn from a buffer of one episode; IQL online-only without it
+fell from 33 to 0 within 2,500 steps on arm push. A keep branch takes its algorithm's own
+warm-up (none for Cal-QL and IQL, WSRL's for the WSRL learner with 50/50 batches).
 
 The decision is printed, saved as ``auto_decision.json`` in the run directory, logged
 under ``auto/`` at step 0 and returned in the run's summary; a resumed run reuses it.
 ``--auto.branch drop|keep`` forces a branch (the measurement still runs and is saved).
+The evaluation runs in the env fine-tuning runs in (``--env``, ``--env-kwargs``), before
+anything else: on a robot, on the arm, in the process that starts the run.
 """
 from __future__ import annotations
 
@@ -59,6 +62,8 @@ class AutoConfig:
     margin: float = option(0.0, "return by which the interval's lower end must beat the data for the policy to count as "
                                 "better (in normalized points when the env has reference returns, else raw return)", min=0)
     confidence: float = option(0.95, "confidence level of the bootstrap interval", gt=0, lt=1)
+    drop_warmup_steps: int = option(5_000, "env steps with the pretrained policy before a drop branch's first update "
+                                           "(when --warmup-steps is not given)", min=0)
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
@@ -129,7 +134,7 @@ def resolve(cfg, resume: bool = False, progress: bool = True):
     from agent.checkpoint import load_checkpoint
     from agent.envs import normalized_score, reference_returns
     from agent.evaluate import evaluate
-    from agent.finetune.config import parse_env_kwargs
+    from agent.finetune.config import loop_setting, parse_env_kwargs
     from agent.finetune.loop import _pretrained_data
     from agent.policy import policy_maker
 
@@ -155,6 +160,13 @@ def resolve(cfg, resume: bool = False, progress: bool = True):
     if not env_id:
         raise ValueError("finetune needs --env (or --init RUN, whose env is used).")
     check_init(str(ckpt.get("algo")))  # before the episodes are spent
+    for branch in ("drop", "keep"):
+        algo, ratio = BRANCHES[(str(ckpt["algo"]), branch)]
+        warmup = int(loop_setting(_concrete(cfg, {"algo": algo, "offline_ratio": ratio, "branch": branch}), "warmup_steps"))
+        if cfg.steps <= warmup:
+            raise ValueError(f"--steps must be above the warm-up of either branch --algo auto may take ({branch}: {algo} "
+                             f"waits {warmup} environment steps before its first update), found {cfg.steps}; raise --steps "
+                             f"or lower --warmup-steps.")
     result = evaluate(env_id, policy_maker(cfg.init, env_id), cfg.auto.episodes, env_kwargs=parse_env_kwargs(cfg.env_kwargs),
                       progress=progress)
     policy, returns = np.asarray(result["returns"], np.float64), _episode_returns(data)
@@ -174,21 +186,33 @@ def resolve(cfg, resume: bool = False, progress: bool = True):
 
 
 def _concrete(cfg, decision: dict):
-    from agent.finetune.config import ALGO_DEFAULTS
-
     warmup = cfg.warmup_steps
     if warmup is None and decision["branch"] == "drop":
-        warmup = ALGO_DEFAULTS["wsrl"]["warmup_steps"]
+        warmup = cfg.auto.drop_warmup_steps
     return replace(cfg, algo=decision["algo"], offline_ratio=float(decision["offline_ratio"]), warmup_steps=warmup,
                    warmup_policy="policy" if cfg.warmup_policy == "default" else cfg.warmup_policy)
 
 
-def log_decision(logger, resumed: bool) -> None:
-    """An ``auto`` run's decision in its metrics (``auto/`` at step 0), once: not again on resume."""
-    saved = logger.run_dir / DECISION_FILE
-    if resumed or not saved.is_file():
-        return
+def saved_decision(cfg) -> dict | None:
+    """The decision an ``auto`` run saved in ``cfg.out``, when it is the one ``cfg`` continues."""
+    saved = Path(cfg.out) / DECISION_FILE if cfg.out else None
+    if saved is None or not saved.is_file():
+        return None
     decision = json.loads(saved.read_text())
+    return decision if decision.get("algo") == cfg.algo else None
+
+
+def summary_entry(decision: dict | None) -> dict:
+    """The decision as the run summary's ``auto`` entry (empty without one)."""
+    if decision is None:
+        return {}
+    return {"auto": {k: decision[k] for k in ("branch", "algo", "offline_ratio", "reason")}}
+
+
+def log_decision(logger, decision: dict | None, resumed: bool) -> None:
+    """An ``auto`` run's decision in its metrics (``auto/`` at step 0), once: not again on resume."""
+    if decision is None or resumed:
+        return
     c = decision["comparison"]
     logger.log(0, {"keep_data": float(decision["branch"] == "keep"), "policy_mean": c["policy_mean"], "data_mean": c["data_mean"],
                    "difference": c["difference"], "difference_lo": c["difference_ci"][0],
