@@ -60,3 +60,48 @@ def test_a_terminated_episode_has_no_tail_and_a_truncated_one_gets_the_critics_v
     assert cut["return_bootstrapped_visited"] == pytest.approx(np.mean(bootstrapped_returns(rewards, GAMMA, 5.0)))
     assert ended["return_bootstrapped_visited"] == pytest.approx(np.mean(bootstrapped_returns(rewards, GAMMA)))
     assert cut["q_visited"] == ended["q_visited"] == 0.0 and cut["ensemble_std_visited"] == 0.0
+
+
+class ConstantRewardLimited(ConstantReward):
+    """The constant-reward task with its own ``time_limit``, as the arm tasks have."""
+
+    def __init__(self, time_limit: int = LIMIT):
+        self.time_limit, self.steps = time_limit, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.steps = 0
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        self.steps += 1
+        obs, reward, terminated, _, info = super().step(action)
+        return obs, reward, terminated, self.steps >= self.time_limit, info
+
+
+def test_long_rollouts_measure_the_critics_error_that_the_bootstrapped_return_inherits(monkeypatch):
+    monkeypatch.setattr("agent.finetune.diagnostics.make_env", lambda env_id, **kw: ConstantRewardLimited(**kw))
+    true_q, horizon = 1.0 / (1.0 - GAMMA), 200
+    right = evaluate_with_diagnostics("test/constant-v0", learner_with_value(lambda obs: torch.full((len(obs),), true_q)),
+                                      episodes=2, calibration_horizon=horizon, calibration_episodes=2)
+    assert right["calibration_tail_weight"] == pytest.approx(GAMMA ** (horizon - LIMIT))
+    assert right["return_long_visited"] == pytest.approx(true_q, rel=1e-7)  # states 0..19, each with 180+ steps to go
+    assert abs(right["q_calibration_gap_long"]) < 1e-6
+    # a critic worth 4 everywhere: the bootstrapped return values the tail at 4 too and hides much of the error
+    low = evaluate_with_diagnostics("test/constant-v0", learner_with_value(lambda obs: torch.full((len(obs),), 4.0)),
+                                    episodes=2, calibration_horizon=horizon, calibration_episodes=2)
+    assert low["q_calibration_gap_long"] == pytest.approx(4.0 - true_q, rel=1e-6)
+    assert abs(low["q_calibration_gap_bootstrapped"]) < abs(low["q_calibration_gap_long"]) - 2.0
+    with pytest.raises(ValueError, match="must exceed test/constant-v0's time limit of 20 steps"):
+        evaluate_with_diagnostics("test/constant-v0", learner_with_value(lambda obs: torch.zeros(len(obs))), episodes=1,
+                                  calibration_horizon=LIMIT)
+
+
+def test_long_rollouts_are_refused_on_an_env_without_a_time_limit_argument():
+    from types import SimpleNamespace as NS
+
+    learner = NS(critic=lambda o, a: torch.zeros(1, len(o)), cfg=NS(gamma=0.99), normalizer=lambda o: o, device="cpu",
+                 act=lambda obs, deterministic=True: np.zeros(1, np.float32))
+    from agent.finetune.diagnostics import long_calibration
+
+    with pytest.raises(ValueError, match="needs an env with a time_limit argument"):
+        long_calibration("dmc/cartpole-swingup-v0", learner, {}, 400, 1, 0)

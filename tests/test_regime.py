@@ -106,7 +106,7 @@ def test_iql_finetuning_appends_online_data_and_keeps_sampling_offline_data(runs
         source.sample = record
         return source
 
-    summary = finetune(tiny(runs, tmp_path / "iql", algo="iql"), progress=False, make_source=watch)
+    summary = finetune(tiny(runs, tmp_path / "iql", algo="iql", calibration_horizon=80), progress=False, make_source=watch)
     assert summary["updates"] == 150 and summary["offline_draws"] == 150 * 16  # half of each 32-row batch
     assert Store.open(tmp_path / "iql" / "online.zarr").num_episodes == 4  # 50-step episodes appended as they end
     online_size, last = batches[-1]
@@ -114,6 +114,8 @@ def test_iql_finetuning_appends_online_data_and_keeps_sampling_offline_data(runs
     offline = Store.open(runs["data"]).read("data/obs")
     in_offline = [any(np.array_equal(o, row) for row in offline) for o in last["obs"]]
     assert sum(in_offline) == 16  # 16 offline rows, 16 online rows in the batch
+    evals = [r for r in read_metrics(tmp_path / "iql") if "eval/q_calibration_gap_long" in r]
+    assert [r["step"] for r in evals] == [0, 100, 200] and evals[0]["eval/calibration_tail_weight"] == pytest.approx(0.99 ** 30)
 
 
 def refuse_to_evaluate(*args, **kwargs):

@@ -760,6 +760,9 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
         raise ValueError(f"--control-rate must be a rate in Hz >= 0 (0: the env sets the pace), found {cfg.control_rate}.")
     if not np.isfinite(cfg.weight_push_seconds) or cfg.weight_push_seconds <= 0:
         raise ValueError(f"--weight-push-seconds must be a positive number of seconds, found {cfg.weight_push_seconds}.")
+    if cfg.calibration_horizon > 0:
+        raise ValueError("--calibration-horizon runs extra evaluation episodes in a simulator the learner makes, which the "
+                         "actor-learner split does not do; set --calibration-horizon 0 or drop --actor-learner.")
     if cfg.eval_episodes > 0 and cfg.eval_every <= 0:
         raise ValueError(f"--eval-every must be a positive number of steps when evaluating, found {cfg.eval_every}.")
     plan = resolve_run(cfg, resume)

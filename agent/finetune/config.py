@@ -46,6 +46,9 @@ class FinetuneConfig:
     batch_size: int = option(256, "transitions per critic update", min=1)
     eval_every: int = option(5_000, "evaluate every this many environment steps (and at step 0, the offline start)", min=1)
     eval_episodes: int = option(5, "episodes per evaluation", min=0)
+    calibration_horizon: int = option(0, "Q calibration against rollouts this long, past the task's time limit (0: off; "
+                                         "sims/Arm* tasks): q_calibration_gap_long beside the bootstrapped one", min=0)
+    calibration_episodes: int = option(3, "episodes per evaluation for the long-rollout calibration", min=1)
     checkpoint_every: int = option(5_000, "checkpoint at the first episode end after every this many environment steps", min=1)
     log_every: int = option(1_000, "write training metrics every this many environment steps", min=1)
     heldout_fraction: float = option(0.05, "share of the offline episodes held out for the TD-error diagnostic", min=0, lt=1)

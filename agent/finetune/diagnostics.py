@@ -54,11 +54,60 @@ def q_calibration(learner, episodes: list[dict]) -> dict[str, float]:
     return out
 
 
+def long_calibration(env_id: str, learner, env_kwargs: dict, horizon: int, episodes: int, seed: int) -> dict[str, float]:
+    """Q calibration against rollouts run on past the task's time limit: the policy's episodes
+    run for ``horizon`` steps, and each state of the first T (the task's limit) is compared with
+    its discounted return over the rest of the rollout. What the rollout leaves out is at most
+    ``calibration_tail_weight`` = gamma^(horizon - T) of the return, so unlike the bootstrapped
+    return this reference does not inherit the critic's error at the last state."""
+    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
+    if critic is None or episodes <= 0:
+        return {}
+    try:
+        env = make_env(env_id, **env_kwargs, time_limit=horizon)
+    except (TypeError, ValueError):  # an env that takes no time_limit refuses it one way or the other
+        raise ValueError(f"--calibration-horizon needs an env with a time_limit argument (the sims/Arm* tasks); {env_id} "
+                         f"has none: set --calibration-horizon 0.") from None
+    try:
+        probe = make_env(env_id, **env_kwargs)
+        limit = int(probe.unwrapped.time_limit)
+        probe.close()
+        if horizon <= limit:
+            raise ValueError(f"--calibration-horizon must exceed {env_id}'s time limit of {limit} steps, found {horizon}.")
+        obs_all, act_all, ret_all = [], [], []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            seen, rewards = [], []
+            for _ in range(horizon):
+                action = np.asarray(learner.act(obs, deterministic=True), np.float32)
+                seen.append((np.asarray(obs, np.float32), action))
+                obs, reward, terminated, truncated, _ = env.step(action)
+                rewards.append(float(reward))
+                if terminated or truncated:
+                    break
+            returns = bootstrapped_returns(np.asarray(rewards), gamma)
+            keep = min(limit, len(seen))
+            obs_all += [o for o, _ in seen[:keep]]
+            act_all += [a for _, a in seen[:keep]]
+            ret_all.append(returns[:keep])
+    finally:
+        env.close()
+    with torch.no_grad():
+        qs = critic(learner.normalizer(torch.as_tensor(np.stack(obs_all), device=learner.device)),
+                    torch.as_tensor(np.stack(act_all), device=learner.device))
+    out = {"q_long_visited": float(qs.mean()), "return_long_visited": float(np.concatenate(ret_all).mean()),
+           "calibration_tail_weight": float(gamma ** (horizon - limit))}
+    out["q_calibration_gap_long"] = out["q_long_visited"] - out["return_long_visited"]
+    return out
+
+
 def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 10_000, env=None,
-                              env_kwargs: dict | None = None) -> dict:
+                              env_kwargs: dict | None = None, calibration_horizon: int = 0,
+                              calibration_episodes: int = 3) -> dict:
     """The deterministic policy's return, normalized score and success (as ``agent eval``)
-    plus :func:`q_calibration` on the episodes it ran. ``env``: an env to reuse (a robot
-    env, the one arm), left open; otherwise one is made from ``env_id`` and ``env_kwargs`` and closed."""
+    plus :func:`q_calibration` on the episodes it ran, and with ``calibration_horizon`` > 0
+    :func:`long_calibration` on ``calibration_episodes`` more. ``env``: an env to reuse (a
+    robot env, the one arm), left open; otherwise one is made from ``env_id`` and ``env_kwargs`` and closed."""
     own_env = env is None
     if env is None:
         env = make_env(env_id, **(env_kwargs or {}))
@@ -85,6 +134,8 @@ def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 1
             env.close()
     result.update(q_calibration(learner, [{**e, "obs": np.stack(e["obs"]), "action": np.stack(e["action"])}
                                           for e in ran if e["reward"]]))
+    if calibration_horizon > 0:
+        result.update(long_calibration(env_id, learner, env_kwargs or {}, calibration_horizon, calibration_episodes, seed))
     return result
 
 

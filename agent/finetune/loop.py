@@ -182,7 +182,8 @@ def run(cfg: FinetuneConfig, learner, env, store: Store, logger: MetricsLogger, 
     def evaluate(step: int) -> None:
         nonlocal metrics
         result = evaluate_with_diagnostics(eval_env_id, learner, cfg.eval_episodes, env=env if shared else None,
-                                           env_kwargs=eval_env_kwargs)
+                                           env_kwargs=eval_env_kwargs, calibration_horizon=0 if shared else cfg.calibration_horizon,
+                                           calibration_episodes=cfg.calibration_episodes)
         if heldout is not None:
             result["heldout_td_error"] = heldout_td_error(learner, heldout)
         logger.log(step, {k: v for k, v in result.items() if isinstance(v, float)}, prefix="eval/")
