@@ -17,7 +17,10 @@ fine-tune online for ``online_steps`` env steps:
 * ``auto`` (5 seeds): ``--algo auto`` from the better of the seed's two pretrained runs
   (by offline start); it keeps or drops the data as it measures;
 * baselines (3 seeds): WSRL and Cal-QL 50/50 from the Cal-QL start, IQL fine-tuning from
-  the IQL start, RLPD from scratch with the data;
+  the IQL start, RLPD from scratch with the data. When auto kept the data from the seed's
+  IQL start, it ran IQL fine-tuning with the same seed and settings, so that run is the IQL
+  baseline's (the loop is deterministic on CPU: the same seed gives the same curve) and is
+  saved under both names (``reused_from``);
 * RO2O (3 seeds): its own offline phase, then online.
 
 Every finished run's curve and numbers are written to ``bench/results/runs/<bench>/<key>.json``
@@ -597,7 +600,12 @@ def main() -> None:
                 job["init_algo"] = max(options, key=lambda a: options[a]["offline_start"])
         if job.get("init_algo"):
             job["init"] = str(work / f"pretrain-{job['init_algo']}-{job['seed']}")
-    in_pool(name, "finetune", ft_jobs, workers)
+    in_pool(name, "finetune", [j for j in ft_jobs if j["algo"] == "auto"], workers)
+    for job in ft_jobs:  # an auto run that kept the data from its IQL start is the IQL baseline's run, bit for bit
+        auto = saved(name, f"auto-{job['seed']}")
+        if job["algo"] == "iql" and saved(name, job["key"]) is None and auto and (auto["ran"], auto["init_algo"]) == ("iql", "iql"):
+            save(name, job["key"], {**auto, "algo": "iql", "decision": None, "reused_from": f"auto-{job['seed']}"})
+    in_pool(name, "finetune", [j for j in ft_jobs if j["algo"] != "auto"], workers)
 
     all_pre = {p.stem: json.loads(p.read_text()) for p in runs_dir(name).glob("pretrain-*.json")}
     runs = {p.stem: json.loads(p.read_text()) for p in runs_dir(name).glob("*.json") if not p.stem.startswith("pretrain-")}
