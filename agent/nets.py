@@ -151,7 +151,14 @@ class _MLPFunction(torch.autograd.Function):
 
 
 class ObsNormalizer(nn.Module):
-    """(obs - mean) / std with statistics fixed from the dataset; saved as buffers."""
+    """(obs - mean) / std with statistics fixed from the dataset, clipped to +-CLIP; saved as buffers.
+
+    The clip keeps a state the data never showed from reaching the networks as an input
+    thousands of deviations out: on arm push the cube's height barely varies in the data
+    (std 1.4 mm), a cube knocked off the table fell 50 m, and IQL fine-tuning bootstrapped
+    from those inputs until its Q reached 1e5. No offline push state is past 8."""
+
+    CLIP = 10.0
 
     def __init__(self, dim: int):
         super().__init__()
@@ -163,7 +170,7 @@ class ObsNormalizer(nn.Module):
         self.std.copy_(torch.as_tensor(np.sqrt(var) + eps, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.mean) / self.std
+        return ((obs - self.mean) / self.std).clamp(-self.CLIP, self.CLIP)
 
 
 # -- ensembles -------------------------------------------------------------------------

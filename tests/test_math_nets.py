@@ -145,7 +145,12 @@ def test_obs_normalizer():
     norm.fit(np.array([1.0, -2.0, 0.5]), np.array([4.0, 0.25, 0.0]))
     std = torch.tensor([2.0, 0.5, 0.0]) + 1e-3
     torch.testing.assert_close(norm.std, std)
-    torch.testing.assert_close(norm(obs), (obs - torch.tensor([1.0, -2.0, 0.5])) / std)
+    torch.testing.assert_close(norm(obs), ((obs - torch.tensor([1.0, -2.0, 0.5])) / std).clamp(-10.0, 10.0))
+    # a state far outside the data (the dimension with no spread) stops at +-10 deviations; others pass unchanged
+    far = torch.tensor([[1.0 + 2.0 * 9.99, -2.0 - 0.5 * 9.99, 0.5 + 7.0], [1.0, -2.0, 0.5 - 7.0]])
+    out = norm(far)
+    torch.testing.assert_close(out[:, :2], torch.tensor([[9.99 * 2.0 / 2.001, -9.99 * 0.5 / 0.501], [0.0, 0.0]]))
+    assert out[0, 2].item() == 10.0 and out[1, 2].item() == -10.0 and ObsNormalizer.CLIP == 10.0
     norm.fit(np.zeros(3), np.ones(3), eps=0.5)
     torch.testing.assert_close(norm.std, torch.full((3,), 1.5))
     assert norm.mean.dtype == norm.std.dtype == torch.float32
