@@ -843,12 +843,12 @@ def test_h2o_update_wiring(backup, monkeypatch):
     model_losses = spy(monkeypatch, learner.model, "loss")
     omegas = spy(monkeypatch, h2o_module, "omega_weights")
     b = batch()
-    b["obs"][~b["is_real"]] += 100.0  # sim rows are recognisable
+    b["obs"][~b["is_real"]] += 100.0  # sim rows are recognisable: the normalizer clips them to exactly +10
     learner.update(b)
     (target,), (model_loss,), (omega,) = targets, model_losses, omegas
     assert float(target["alpha"]) == pytest.approx(0.2) and target["gamma"] == 0.9 and target["entropy"] is backup
     sim_obs = model_loss["obs"]
-    assert torch.equal(sim_obs, omega["sim"]["obs"]) and sim_obs.shape[0] == B - B // 2 and torch.all(sim_obs > 50)
+    assert torch.equal(sim_obs, omega["sim"]["obs"]) and sim_obs.shape[0] == B - B // 2 and torch.all(sim_obs == 10.0)
 
 
 def test_h2o_critic_loss_metrics():
