@@ -106,12 +106,10 @@ def collect_data(work: Path, s: dict, task: str) -> str:
 def data_scores(data: str) -> list[float]:
     """Normalized return of every episode of a store."""
     from agent.envs import normalized_score
-    from agent.store import Store, load_transitions
+    from agent.store import Store
 
     store = Store.open(data)
-    cache = load_transitions(store)
-    returns = np.add.reduceat(cache.reward.astype(np.float64), cache.episode_starts[: cache.num_episodes])
-    return [float(normalized_score(store.env_id, r)) for r in returns]
+    return [float(normalized_score(store.env_id, r)) for r in store.read("meta/episodes/return")]
 
 
 def behaviour(run: str, env_id: str, episodes: int) -> dict:
@@ -465,7 +463,7 @@ def calibration(work: Path, s: dict, quick: bool) -> list[dict]:
         truth += [float(np.sum(np.asarray(rewards[t:]) * discounts[: len(rewards) - t])) for t in range(50)]
     env.close()
     diag = q_calibration(learner, seen)
-    long = long_calibration(env_id, learner, {}, 50 + CALIBRATION_EXTRA, episodes, seed=20_000)
+    long = long_calibration(env_id, learner, {}, 50 + CALIBRATION_EXTRA, episodes, seed=20_000, limit=50)
     long_mean = float(np.mean(truth))
     error = abs(long["return_long_visited"] - long_mean) / abs(long_mean)
     boot_error = abs(diag["return_bootstrapped_visited"] - long_mean) / abs(long_mean)

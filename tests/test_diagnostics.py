@@ -104,4 +104,4 @@ def test_long_rollouts_are_refused_on_an_env_without_a_time_limit_argument():
     from agent.finetune.diagnostics import long_calibration
 
     with pytest.raises(ValueError, match="needs an env with a time_limit argument"):
-        long_calibration("dmc/cartpole-swingup-v0", learner, {}, 400, 1, 0)
+        long_calibration("dmc/cartpole-swingup-v0", learner, {}, 400, 1, 0, limit=100)

@@ -649,17 +649,22 @@ def test_ro2o_perturbations_fill_the_linf_ball():
     assert d.abs().max() <= 0.3 and d.min() < -0.25 and d.max() > 0.25
 
 
-def test_ro2o_q_smoothness_weights_each_side_of_large_differences():
+@pytest.mark.parametrize("scale,tau,large,rtol", [(20.0, 0.7, True, 1e-6), (0.05, 0.9, False, 1e-5)])
+def test_ro2o_q_smoothness_weights_each_side_of_the_differences(scale, tau, large, rtol):
+    """Large differences (|diff| > 1) and small ones (|diff| < 1), where squaring shrinks them."""
     torch.manual_seed(0)
     critic = CriticEnsemble(OBS, ACT, [8], ensemble_size=2)
     b = batch()
-    noisy = b["obs"].unsqueeze(0) + torch.randn(3, B, OBS) * 20.0
-    loss = q_smoothness(critic, b["obs"], b["action"], noisy, 0.7)
+    noisy = b["obs"].unsqueeze(0) + torch.randn(3, B, OBS) * scale
+    loss = q_smoothness(critic, b["obs"], b["action"], noisy, tau)
     q = reference_ensemble(critic, b["obs"], b["action"])
     diffs = torch.stack([reference_ensemble(critic, noisy[d], b["action"]) - q for d in range(3)], 1)  # [E, n, B]
-    assert (diffs.abs() > 1).any() and (diffs < 0).any()
-    weighted = torch.where(diffs > 0, 0.7, 0.3) * diffs**2
-    torch.testing.assert_close(loss, weighted.max(1).values.mean(1).sum(), rtol=1e-6, atol=0)
+    if large:
+        assert (diffs.abs() > 1).any() and (diffs < 0).any()
+    else:
+        assert diffs.abs().max() < 1 and (diffs > 0).any() and (diffs < 0).any()
+    weighted = torch.where(diffs > 0, tau, 1.0 - tau) * diffs**2
+    torch.testing.assert_close(loss, weighted.max(1).values.mean(1).sum(), rtol=rtol, atol=0)
 
 
 def test_ro2o_ood_gradient_pushes_q_down_by_lambda_std():
@@ -869,16 +874,3 @@ def test_h2o_statistics_stay_on_the_learner_s_device():
     assert learner.discriminators.next_obs_std.device.type == "meta"
     out = _percentiles("w", torch.rand(10, device="meta"))
     assert {v.device.type for v in out.values()} == {"meta"}
-
-
-def test_ro2o_q_smoothness_weights_small_differences_too():
-    torch.manual_seed(0)
-    critic = CriticEnsemble(OBS, ACT, [8], ensemble_size=2)
-    b = batch()
-    noisy = b["obs"].unsqueeze(0) + torch.randn(3, B, OBS) * 0.05
-    loss = q_smoothness(critic, b["obs"], b["action"], noisy, 0.9)
-    q = reference_ensemble(critic, b["obs"], b["action"])
-    diffs = torch.stack([reference_ensemble(critic, noisy[d], b["action"]) - q for d in range(3)], 1)
-    assert diffs.abs().max() < 1 and (diffs > 0).any() and (diffs < 0).any()
-    weighted = torch.where(diffs > 0, 0.9, 0.1) * diffs**2
-    torch.testing.assert_close(loss, weighted.max(1).values.mean(1).sum(), rtol=1e-5, atol=0)

@@ -24,77 +24,78 @@ def bootstrapped_returns(reward: np.ndarray, gamma: float, tail_value: float = 0
     return out
 
 
+def _ensemble_q(learner, obs: np.ndarray, action: np.ndarray) -> torch.Tensor:
+    """Every member's Q at the raw (s, a) rows: [E, N], without gradients."""
+    with torch.no_grad():
+        return learner.critic(learner.normalizer(torch.as_tensor(np.asarray(obs, np.float32), device=learner.device)),
+                              torch.as_tensor(np.asarray(action, np.float32), device=learner.device))
+
+
 def q_calibration(learner, episodes: list[dict]) -> dict[str, float]:
     """Q calibration on the visited (s, a): ``q_visited``, the ensemble's mean Q, against
     ``return_bootstrapped_visited``, their discounted return with a truncated episode's tail
     valued by the ensemble at its last state and the policy's deterministic action there.
     Each episode holds ``obs`` [T, d], ``action`` [T, a], ``reward`` [T], ``final_obs`` [d]
     and ``truncated`` (cut by a time limit, not terminated). Empty without a critic."""
-    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
-    if critic is None or not episodes:
+    gamma = getattr(learner.cfg, "gamma", 0.99)
+    if getattr(learner, "critic", None) is None or not episodes:
         return {}
-
-    def q(obs: np.ndarray, action: np.ndarray) -> torch.Tensor:  # [E, N]
-        with torch.no_grad():
-            return critic(learner.normalizer(torch.as_tensor(obs, device=learner.device)),
-                          torch.as_tensor(action, device=learner.device))
-
     returns = []
     for e in episodes:
         tail = 0.0
         if e["truncated"]:
             final = np.asarray(e["final_obs"], np.float32)[None]
-            tail = float(q(final, np.asarray(learner.act(final[0], deterministic=True), np.float32)[None]).mean())
+            tail = float(_ensemble_q(learner, final, np.asarray(learner.act(final[0], deterministic=True))[None]).mean())
         returns.append(bootstrapped_returns(np.asarray(e["reward"]), gamma, tail))
-    qs = q(np.concatenate([e["obs"] for e in episodes]).astype(np.float32),
-           np.concatenate([e["action"] for e in episodes]).astype(np.float32))
+    qs = _ensemble_q(learner, np.concatenate([e["obs"] for e in episodes]), np.concatenate([e["action"] for e in episodes]))
     out = {"q_visited": float(qs.mean()), "return_bootstrapped_visited": float(np.concatenate(returns).mean()),
            "ensemble_std_visited": float(qs.std(0).mean()) if qs.shape[0] > 1 else 0.0}
     out["q_calibration_gap_bootstrapped"] = out["q_visited"] - out["return_bootstrapped_visited"]
     return out
 
 
-def long_calibration(env_id: str, learner, env_kwargs: dict, horizon: int, episodes: int, seed: int) -> dict[str, float]:
-    """Q calibration against rollouts run on past the task's time limit: the policy's episodes
-    run for ``horizon`` steps, and each state of the first T (the task's limit) is compared with
+def _no_time_limit(env_id: str) -> ValueError:
+    return ValueError(f"--calibration-horizon needs an env with a time_limit argument (the sims/Arm* tasks); {env_id} "
+                      f"has none: set --calibration-horizon 0.")
+
+
+def long_calibration(env_id: str, learner, env_kwargs: dict, horizon: int, episodes: int, seed: int,
+                     limit: int) -> dict[str, float]:
+    """Q calibration against rollouts run on past the task's time limit ``limit`` (T): the
+    policy's episodes run for ``horizon`` steps, and each state of the first T is compared with
     its discounted return over the rest of the rollout. What the rollout leaves out is at most
     ``calibration_tail_weight`` = gamma^(horizon - T) of the return, so unlike the bootstrapped
     return this reference does not inherit the critic's error at the last state."""
-    critic, gamma = getattr(learner, "critic", None), getattr(learner.cfg, "gamma", 0.99)
-    if critic is None or episodes <= 0:
+    gamma = getattr(learner.cfg, "gamma", 0.99)
+    if getattr(learner, "critic", None) is None or episodes <= 0:
         return {}
+    if horizon <= limit:
+        raise ValueError(f"--calibration-horizon must exceed {env_id}'s time limit of {limit} steps, found {horizon}.")
     try:
         env = make_env(env_id, **env_kwargs, time_limit=horizon)
     except (TypeError, ValueError):  # an env that takes no time_limit refuses it one way or the other
-        raise ValueError(f"--calibration-horizon needs an env with a time_limit argument (the sims/Arm* tasks); {env_id} "
-                         f"has none: set --calibration-horizon 0.") from None
+        raise _no_time_limit(env_id) from None
+    obs_all: list[np.ndarray] = []
+    act_all: list[np.ndarray] = []
+    ret_all = []
+
+    def policy(obs):
+        action = np.asarray(learner.act(obs, deterministic=True), np.float32)
+        obs_all.append(np.asarray(obs, np.float32))
+        act_all.append(action)
+        return action
+
     try:
-        probe = make_env(env_id, **env_kwargs)
-        limit = int(probe.unwrapped.time_limit)
-        probe.close()
-        if horizon <= limit:
-            raise ValueError(f"--calibration-horizon must exceed {env_id}'s time limit of {limit} steps, found {horizon}.")
-        obs_all, act_all, ret_all = [], [], []
         for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            seen, rewards = [], []
-            for _ in range(horizon):
-                action = np.asarray(learner.act(obs, deterministic=True), np.float32)
-                seen.append((np.asarray(obs, np.float32), action))
-                obs, reward, terminated, truncated, _ = env.step(action)
-                rewards.append(float(reward))
-                if terminated or truncated:
-                    break
-            returns = bootstrapped_returns(np.asarray(rewards), gamma)
-            keep = min(limit, len(seen))
-            obs_all += [o for o, _ in seen[:keep]]
-            act_all += [a for _, a in seen[:keep]]
-            ret_all.append(returns[:keep])
+            rewards: list[float] = []
+            start = len(obs_all)
+            rollout(env, policy, seed + i, on_step=lambda *step: rewards.append(float(step[2])))
+            keep = min(limit, len(rewards))
+            del obs_all[start + keep:], act_all[start + keep:]  # the states past T only lend their rewards
+            ret_all.append(bootstrapped_returns(np.asarray(rewards), gamma)[:keep])
     finally:
         env.close()
-    with torch.no_grad():
-        qs = critic(learner.normalizer(torch.as_tensor(np.stack(obs_all), device=learner.device)),
-                    torch.as_tensor(np.stack(act_all), device=learner.device))
+    qs = _ensemble_q(learner, np.stack(obs_all), np.stack(act_all))
     out = {"q_long_visited": float(qs.mean()), "return_long_visited": float(np.concatenate(ret_all).mean()),
            "calibration_tail_weight": float(gamma ** (horizon - limit))}
     out["q_calibration_gap_long"] = out["q_long_visited"] - out["return_long_visited"]
@@ -129,13 +130,17 @@ def evaluate_with_diagnostics(env_id: str, learner, episodes: int, seed: int = 1
             ran.append({"obs": [], "action": [], "reward": []})
             results.append(rollout(env, policy, seed + i, on_step=on_step))
         result = summarize(env_id, results, getattr(env.unwrapped, "defines_success", False))
+        limit = getattr(env.unwrapped, "time_limit", None)  # the task's own limit, for the long rollouts
     finally:
         if own_env:
             env.close()
     result.update(q_calibration(learner, [{**e, "obs": np.stack(e["obs"]), "action": np.stack(e["action"])}
                                           for e in ran if e["reward"]]))
     if calibration_horizon > 0:
-        result.update(long_calibration(env_id, learner, env_kwargs or {}, calibration_horizon, calibration_episodes, seed))
+        if limit is None:
+            raise _no_time_limit(env_id)
+        result.update(long_calibration(env_id, learner, env_kwargs or {}, calibration_horizon, calibration_episodes, seed,
+                                       int(limit)))
     return result
 
 

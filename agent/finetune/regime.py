@@ -66,13 +66,21 @@ class AutoConfig:
                                            "(when --warmup-steps is not given)", min=0)
 
 
+def _resampled_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """The means of ``resamples`` bootstrap resamples of ``values``."""
+    return values[rng.integers(0, values.size, size=(resamples, values.size))].mean(1)
+
+
+def _percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100.0 - tail))
+
+
 def mean_ci(values: np.ndarray, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap interval of ``values``."""
     values = np.asarray(values, np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+    lo, hi = _percentile_interval(_resampled_means(values, resamples, np.random.default_rng(seed)), confidence)
+    return float(values.mean()), lo, hi
 
 
 def compare(policy: np.ndarray, data: np.ndarray, confidence: float = 0.95, margin: float = 0.0,
@@ -84,10 +92,8 @@ def compare(policy: np.ndarray, data: np.ndarray, confidence: float = 0.95, marg
         raise ValueError(f"the regime comparison needs at least 2 policy and 2 data episodes, found {policy.size} and "
                          f"{data.size}; raise --auto.episodes or use a store with more episodes.")
     rng = np.random.default_rng(seed)
-    diffs = (policy[rng.integers(0, policy.size, size=(resamples, policy.size))].mean(1)
-             - data[rng.integers(0, data.size, size=(resamples, data.size))].mean(1))
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    lo, hi = float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100.0 - tail))
+    diffs = _resampled_means(policy, resamples, rng) - _resampled_means(data, resamples, rng)
+    lo, hi = _percentile_interval(diffs, confidence)
     p, d = mean_ci(policy, confidence, resamples, seed + 1), mean_ci(data, confidence, resamples, seed + 2)
     return {"policy_mean": p[0], "policy_ci": [p[1], p[2]], "data_mean": d[0], "data_ci": [d[1], d[2]],
             "difference": p[0] - d[0], "difference_ci": [lo, hi], "policy_episodes": int(policy.size),
@@ -121,13 +127,6 @@ def choose(init_algo: str, comparison: dict, forced: str = "measure") -> dict:
             "reason": reason}
 
 
-def _episode_returns(store_path: str) -> np.ndarray:
-    from agent.store import Store, load_transitions
-
-    cache = load_transitions(Store.open(store_path))
-    return np.add.reduceat(cache.reward.astype(np.float64), cache.episode_starts[: cache.num_episodes])
-
-
 def resolve(cfg, resume: bool = False, progress: bool = True):
     """``cfg`` (algo ``auto``) as the concrete run it decides on, and the decision. A run
     directory that holds a decision already (a resumed run) keeps it."""
@@ -137,6 +136,7 @@ def resolve(cfg, resume: bool = False, progress: bool = True):
     from agent.finetune.config import loop_setting, parse_env_kwargs
     from agent.finetune.loop import _pretrained_data
     from agent.policy import policy_maker
+    from agent.store import Store
 
     if not cfg.out:
         raise ValueError("finetune needs --out (the run directory).")
@@ -169,7 +169,8 @@ def resolve(cfg, resume: bool = False, progress: bool = True):
                              f"or lower --warmup-steps.")
     result = evaluate(env_id, policy_maker(cfg.init, env_id), cfg.auto.episodes, env_kwargs=parse_env_kwargs(cfg.env_kwargs),
                       progress=progress)
-    policy, returns = np.asarray(result["returns"], np.float64), _episode_returns(data)
+    returns = np.asarray(Store.open(data).read("meta/episodes/return"), np.float64)  # the store keeps each episode's return
+    policy = np.asarray(result["returns"], np.float64)
     unit = "return"
     if reference_returns(env_id) is not None:  # normalized points, so that --auto.margin reads the same on every task
         policy = np.array([normalized_score(env_id, r) for r in policy])
