@@ -10,7 +10,8 @@ from torch.nn import functional as F
 from agent.learners import LEARNERS, make_learner
 from agent.learners.calql import returns_to_go
 from agent.learners.cql import conservative_gap
-from agent.learners.iql import IQLConfig, actor_loss as iql_actor_loss, critic_loss as iql_critic_loss, expectile_loss, value_loss
+from agent.learners.iql import (IQLConfig, actor_loss as iql_actor_loss, critic_loss as iql_critic_loss, ddpg_bc_actor_loss,
+                                expectile_loss, value_loss)
 from agent.learners.td3bc import TD3BCConfig, actor_loss as td3_actor_loss
 from agent.nets import CriticEnsemble, TanhGaussianActor, VectorizedLinear
 
@@ -135,6 +136,37 @@ def test_iql_gradients_flow_only_where_the_paper_says():
     learner.value.zero_grad(set_to_none=True)
     loss.backward()
     assert all(p.grad is None for p in learner.value.parameters()), "V(s') in the critic target is detached"
+
+
+def test_iql_ddpg_bc_extraction_matches_plain_formulation():
+    """TD3+BC's actor on IQL's critic, plus sigma fitted to the data with the mean held:
+    the loss and its gradients (what sg() holds fixed shows only there) match."""
+    torch.manual_seed(0)
+    cfg = IQLConfig(hidden_dims=[8], extraction="ddpg_bc", ddpg_alpha=2.5)
+    learner = make_learner("iql", cfg, OBS, ACT)
+    b = batch()
+    mu, log_std = learner.actor.net(b["obs"]).chunk(2, -1)
+    m, std = torch.tanh(mu), log_std.clamp(-5, 2).exp()
+    q = reference_ensemble(learner.critic, b["obs"], m).min(0).values
+    sigma_nll = -torch.distributions.Normal(m.detach(), std).log_prob(b["action"]).sum(-1).mean()
+    expected = -(2.5 / q.abs().mean().detach()) * q.mean() + ((m - b["action"]) ** 2).mean() + sigma_nll
+    loss, _ = ddpg_bc_actor_loss(learner.actor, learner.critic, b, cfg)
+    torch.testing.assert_close(loss, expected)
+    params = list(learner.actor.parameters())
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_iql_extraction_option_picks_the_actor_loss():
+    torch.manual_seed(0)
+    b = batch()
+    changed = {}
+    for extraction in ("awr", "ddpg_bc"):
+        torch.manual_seed(0)
+        learner = make_learner("iql", IQLConfig(hidden_dims=[16], extraction=extraction), OBS, ACT)
+        metrics = learner.update(b)
+        changed[extraction] = ("bc_mse" in metrics, "adv_weight" in metrics)
+    assert changed == {"awr": (False, True), "ddpg_bc": (True, False)}
 
 
 def plain_tanh_gaussian_sample(actor: TanhGaussianActor, obs, noise):

@@ -4,6 +4,12 @@ Value (expectile tau):  L_V = E[ |tau - 1(u < 0)| u^2 ],  u = min_e Q'_e(s, a) -
 Critic:                 L_Q = mean_e E[ (Q_e(s, a) - (r + gamma (1 - terminated) V(s')))^2 ]
 Actor (AWR):            L_pi = -E[ min(exp(beta (min_e Q'_e(s, a) - V(s))), w_max) log pi(a|s) ]
                         with pi(a|s) = N(a; tanh(mu(s)), sigma(s)^2), as the authors' code
+Actor (DDPG+BC):        L_pi = -E[ alpha Q(s, m(s)) / sg(E|Q(s, m(s))|) ] + E[ (m(s) - a)^2 ]
+                               - E[ log N(a; sg(m(s)), sigma(s)^2) ],  m = tanh(mu),  Q = min_e Q_e
+                        ``extraction="ddpg_bc"``: TD3+BC's actor on IQL's in-sample critic, the
+                        extraction "Is Value Learning Really the Main Bottleneck in Offline RL?"
+                        (Park et al., 2024) finds ahead of AWR; the last term fits sigma (the
+                        exploration noise online) to the data's spread about the mean.
 
 tau = 0.7 for locomotion, 0.9 for sparse-reward manipulation; beta 3 to 10; w_max = 100.
 Targets are never differentiated: the critic target uses V(s') detached, the value and
@@ -12,7 +18,9 @@ actor targets use the target critics.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -28,6 +36,9 @@ class IQLConfig:
     expectile: float = option(0.7, "expectile tau of the value regression", gt=0, lt=1)
     beta: float = option(3.0, "inverse temperature of the advantage weights", min=0)
     max_weight: float = option(100.0, "clip of exp(beta * advantage)", gt=0)
+    extraction: Literal["awr", "ddpg_bc"] = option("awr", "policy extraction: advantage-weighted regression (the paper) or "
+                                                          "DDPG+BC, the actor following the critic's gradient next to a BC term")
+    ddpg_alpha: float = option(2.5, "DDPG+BC: weight of the normalized Q term against the BC term (TD3+BC's alpha)", min=0)
     actor_lr: float = option(3e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)
     value_lr: float = option(3e-4, "value learning rate", gt=0)
@@ -65,6 +76,17 @@ def actor_loss(actor: GaussianActor, value: ValueNetwork, critic_target: CriticE
     return loss, {"actor_loss": loss.detach(), "adv_weight": weight.mean().detach()}
 
 
+def ddpg_bc_actor_loss(actor: GaussianActor, critic: CriticEnsemble, batch: dict, cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
+    mean, log_std = actor.dist_params(batch["obs"])
+    q = critic(batch["obs"], mean).min(0).values
+    q_term = -(cfg.ddpg_alpha / q.abs().mean().detach()) * q.mean()
+    bc = ((mean - batch["action"]) ** 2).mean()
+    z = (batch["action"] - mean.detach()) / log_std.exp()
+    sigma_nll = (0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1).mean()
+    loss = q_term + bc + sigma_nll
+    return loss, {"actor_loss": loss.detach(), "bc_mse": bc.detach(), "q_policy": q.mean().detach()}
+
+
 class IQL(LearnerParts):
     algo = "iql"
 
@@ -93,6 +115,9 @@ class IQL(LearnerParts):
             step(self.critic_opt, loss, list(self.critic.parameters()))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             metrics = {**v_metrics, **q_metrics}
-        loss, a_metrics = actor_loss(self.actor, self.value, self.critic_target, flatten(batch), self.cfg)
+        if self.cfg.extraction == "ddpg_bc":
+            loss, a_metrics = ddpg_bc_actor_loss(self.actor, self.critic, flatten(batch), self.cfg)
+        else:
+            loss, a_metrics = actor_loss(self.actor, self.value, self.critic_target, flatten(batch), self.cfg)
         step(self.actor_opt, loss, list(self.actor.parameters()))
         return {**metrics, **a_metrics}
