@@ -71,3 +71,38 @@ def test_bad_gap_arguments_are_refused_with_the_valid_ones(env_id, kwargs, messa
 def test_unknown_arm_id_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="unknown env id 'sims/ArmPsh-v0'.*sims/ArmPush-v0"):
         sims.make("sims/ArmPsh-v0")
+
+
+@pytest.fixture(scope="module")
+def reach_data(tmp_path_factory):
+    from agent.collect import CollectConfig, collect
+
+    from agent.store import Store
+    from agent.store.cache import sim_state_transitions
+
+    out = str(tmp_path_factory.mktemp("paired") / "reach.zarr")
+    collect(CollectConfig(env="sims/ArmReach-v0", policy="scripted", epsilon=0.3, episodes=3, seed=1, out=out), progress=False)
+    return sim_state_transitions(Store.open(out))
+
+
+def test_paired_gap_is_zero_for_the_data_own_dynamics_and_grows_with_the_scale(reach_data):
+    from sims.gaps import paired_gap
+
+    same = paired_gap("sims/ArmReach-v0", {}, reach_data, transitions=60)
+    assert same["gap"] < 1e-4 and same["transitions"] == 60
+    gaps = [paired_gap("sims/ArmReach-v0", {"gravity_scale": g}, reach_data, transitions=60)["gap"] for g in (1.3, 2.0, 3.0)]
+    assert 0.0 < gaps[0] < gaps[1] < gaps[2], gaps
+
+
+def test_paired_gap_refuses_data_of_another_env_or_without_sim_state(reach_data, tmp_path):
+    from agent.collect import CollectConfig, collect
+    from agent.store import Store
+    from agent.store.cache import sim_state_transitions
+    from sims.gaps import paired_gap
+
+    with pytest.raises(ValueError, match="collected in sims/ArmReach-v0, not sims/ArmPush-v0"):
+        paired_gap("sims/ArmPush-v0", {}, reach_data)
+    bare = str(tmp_path / "bare.zarr")
+    collect(CollectConfig(env="sims/ArmReach-v0", policy="random", episodes=1, out=bare, save_sim_state=False), progress=False)
+    with pytest.raises(ValueError, match="no sim_state"):
+        paired_gap("sims/ArmReach-v0", {}, sim_state_transitions(Store.open(bare)))

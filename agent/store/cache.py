@@ -102,6 +102,15 @@ class TransitionCache:
         return np.flatnonzero(keep)
 
 
+def sim_state_transitions(store: Store) -> dict:
+    """Every step's obs, action, next_obs and sim_state arrays, with the store's env id:
+    the real data ``sims.gaps.paired_gap`` replays a simulator against."""
+    cache = load_transitions(store, episode_attrs=False)
+    rows = np.arange(cache.num_steps)
+    return {"env_id": store.env_id, "obs": cache.obs, "action": cache.action, "next_obs": cache.next_obs(rows),
+            "sim_state": {k: store.read(f"data/sim_state/{k}") for k in store.sim_state_keys()}}
+
+
 def load_transitions(store: Store, *, episode_attrs: bool = True) -> TransitionCache:
     """Decode the committed low-dimensional arrays of ``store`` into RAM, checking
     that they are finite (a store written by other tools may not be). Arrays are
