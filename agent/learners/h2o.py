@@ -8,7 +8,9 @@ Discriminators (label 1 = real, 0 = sim), 2 logits each squashed by 2 tanh, Gaus
 input noise ``discriminator_noise`` while training, trained every critic update by
 cross-entropy:
     D_sa(s, a) -> l_sa,   D_sas(s, a, s') -> l_sas, whose class scores are l_sas + l_sa
-    (l_sa detached while D_sas trains, so that D_sas learns what (s, a) alone cannot tell).
+    (l_sa detached while D_sas trains: this only keeps D_sas's loss from moving D_sa; it does
+    not make l_sas the part that s' adds, which the ratio below reads it as only when D_sa
+    is the Bayes-optimal (s, a) classifier and the real and sim (s, a) supports overlap).
 Dynamics ratio:
     log P_real(s'|s,a) / P_sim(s'|s,a) = log[p_sas(real) / p_sas(sim)] - log[p_sa(real) / p_sa(sim)],
     p_sas = softmax(l_sas + l_sa), p_sa = softmax(l_sa);  w = clip(ratio, 1e-5, 1).
