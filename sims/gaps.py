@@ -171,6 +171,23 @@ def dynamics_gap(env_id: str, variant: dict, reference: dict | None = None, stat
 
 
 
+def replay(env_id: str, variant: dict, states: dict, actions: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The next observation of ``sims.make(env_id, **variant)`` from each recorded state
+    (``states``: per-step sim_state arrays) under each action, as float64 [N, obs]."""
+    import sims
+
+    env = sims.make(env_id, **variant)
+    try:
+        env.reset(seed=seed)  # seeds the simulator's own noise (action_noise)
+        out = []
+        for i in range(len(actions)):
+            env.unwrapped.set_sim_state({k: np.asarray(v[i]) for k, v in states.items()})
+            out.append(np.asarray(env.step(actions[i])[0], np.float64))
+    finally:
+        env.close()
+    return np.stack(out)
+
+
 def paired_gap(real_env: str, sim_env: dict, dataset: dict, transitions: int = 1000, seed: int = 0) -> dict:
     """How far a simulator's one-step dynamics are from recorded real data.
 
@@ -183,8 +200,6 @@ def paired_gap(real_env: str, sim_env: dict, dataset: dict, transitions: int = 1
     observation std (plus 1e-3, the learners' normalizer's floor). ``gap`` is the mean over
     rows of the root mean square over dimensions: 0 when the simulator reproduces the data.
     """
-    import sims
-
     if dataset.get("env_id", real_env) != real_env:
         raise ValueError(f"paired_gap: the dataset was collected in {dataset['env_id']}, not {real_env}; "
                          f"pass the env the data came from.")
@@ -196,16 +211,7 @@ def paired_gap(real_env: str, sim_env: dict, dataset: dict, transitions: int = 1
     if len(obs) == 0:
         raise ValueError("paired_gap: the dataset has no transitions.")
     rows = np.sort(np.random.default_rng(seed).choice(len(obs), size=min(transitions, len(obs)), replace=False))
-    scale = obs.std(0) + 1e-3
-    env = sims.make(real_env, **sim_env)
-    try:
-        env.reset(seed=seed)  # seeds the simulator's own noise (action_noise)
-        diffs = np.empty((len(rows), obs.shape[1]))
-        for i, row in enumerate(rows):
-            env.unwrapped.set_sim_state({k: np.asarray(v[row]) for k, v in states.items()})
-            sim_next = env.step(action[row])[0]
-            diffs[i] = (np.asarray(sim_next, np.float64) - next_obs[row]) / scale
-    finally:
-        env.close()
+    sim_next = replay(real_env, sim_env, {k: np.asarray(v)[rows] for k, v in states.items()}, action[rows], seed)
+    diffs = (sim_next - next_obs[rows]) / (obs.std(0) + 1e-3)
     return {"gap": float(np.sqrt((diffs**2).mean(1)).mean()), "per_dim": np.abs(diffs).mean(0).tolist(),
             "transitions": int(len(rows)), "sim": dict(sim_env)}
