@@ -105,3 +105,46 @@ def test_ratio_loss_and_model_likelihood_match_plain_formulations():
     mean, log_std = model(obs, action)
     plain = -torch.distributions.Normal(mean, log_std.exp()).log_prob(a.unsqueeze(0)).sum(-1).mean()
     torch.testing.assert_close(model.loss(obs, action, a), plain - 0.5 * np.log(2 * np.pi) * 3)
+
+
+def test_h2o_conditional_ratio_trains_the_model_and_classifier_and_weights_the_sim_rows(monkeypatch):
+    import agent.learners.h2o as h2o
+    from test_learners import ACT, OBS, batch
+
+    torch.manual_seed(0)
+    cfg = h2o.H2OConfig(hidden_dims=[16], discriminator_dims=[16], model_dims=[16], ratio="conditional", real_model_members=3)
+    learner = h2o.H2O(cfg, OBS, ACT)
+    assert {"real_model", "ratio_net", "real_model_opt", "ratio_opt"} <= set(learner.parts)
+    assert not {"discriminators", "disc_opt"} & set(learner.parts)
+    b = batch()
+    seen = {}
+    real_weights, real_omega, real_critic_loss = h2o.conditional_weights, h2o.omega_weights, h2o.critic_loss
+
+    def spy_weights(*args):
+        seen["w"] = real_weights(*args)[0]
+        return real_weights(*args)
+
+    def spy_omega(log_ratio, sim, samples):
+        seen["log_ratio"] = log_ratio
+        return real_omega(log_ratio, sim, samples)
+
+    def spy_critic(critic, y, mb, w, omega, penalty_weight):
+        seen["critic_w"] = w
+        return real_critic_loss(critic, y, mb, w, omega, penalty_weight)
+
+    monkeypatch.setattr(h2o, "conditional_weights", spy_weights)
+    monkeypatch.setattr(h2o, "omega_weights", spy_omega)
+    monkeypatch.setattr(h2o, "critic_loss", spy_critic)
+    before = {name: [p.clone() for p in getattr(learner, name).parameters()] for name in ("real_model", "ratio_net", "discriminators")}
+    metrics = learner.update(b)
+    assert {"ratio_loss", "ratio_acc", "ratio_unsure", "log_w_mean", "real_model_loss"} <= set(metrics)
+    assert not any(k.startswith("disc_") for k in metrics)
+    moved = {name: any(not torch.equal(a, p) for a, p in zip(ps, getattr(learner, name).parameters())) for name, ps in before.items()}
+    assert moved == {"real_model": True, "ratio_net": True, "discriminators": False}
+    assert torch.equal(seen["critic_w"], seen["w"])
+    assert seen["log_ratio"].__func__ is h2o.H2O.log_ratio and learner.log_ratio.__self__ is learner
+    obs, action = torch.randn(4, OBS), torch.randn(4, ACT)
+    torch.testing.assert_close(learner.log_ratio(obs, action, obs), learner.ratio_net(obs, action, obs))
+    restored = h2o.H2O(cfg, OBS, ACT)
+    restored.load_state_dict(learner.state_dict())
+    torch.testing.assert_close(restored.log_ratio(obs, action, obs), learner.log_ratio(obs, action, obs))

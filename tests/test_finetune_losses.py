@@ -104,7 +104,7 @@ def test_h2o_omega_is_the_clamped_mean_log_inverse_ratio_normalized():
     b = batch()
     sim = {k: v[~b["is_real"]] for k, v in b.items()}
     samples = torch.randn(5, sim["obs"].shape[0], OBS)
-    omega = omega_weights(learner.discriminators, sim, samples)
+    omega = omega_weights(learner.discriminators.log_ratio, sim, samples)
     u = torch.stack([-learner.discriminators.log_ratio(sim["obs"], sim["action"], s) for s in samples]).mean(0)
     u = u.clamp(1e-45, 10)
     torch.testing.assert_close(omega, u / u.sum())

@@ -23,6 +23,13 @@ Critic, for each member e:
     ``omega_next_states="model"``) or the sim next state plus Gaussian noise with the
     real data's std (the released code; ``"noise"``).
 Actor and temperature: SAC on the whole mixed batch (min over the ensemble).
+
+``ratio="conditional"`` replaces both discriminators with the conditional estimate of
+``agent.learners.dynamics_ratio`` (H2O+'s idea): a model of the real dynamics fitted on the
+real rows, and a classifier trained only at the sim rows' (s, a) between that model's s' and
+the simulator's; it gives w (1 where the model's members disagree more than the gap) and the
+log-ratio in u(s, a). The default stays the paper's ``classifier`` until ``bench/h2o.py``
+measures which one passes its gates.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from torch.nn import functional as F
 from agent.config import option
 from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
                                    step, actor_temperature_step)
+from agent.learners.dynamics_ratio import ConditionalRatio, RealDynamics, weights as conditional_weights
 from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, mlp, soft_update
 
 
@@ -54,6 +62,11 @@ class H2OConfig:
     model_dims: list[int] = option([256, 256], "hidden widths of the dynamics model (omega_next_states=model)", min=1)
     model_lr: float = option(1e-3, "dynamics model learning rate", gt=0)
     ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1; 0: no lower clip)", min=0, max=1)
+    ratio: Literal["classifier", "conditional"] = option(
+        "classifier", "dynamics ratio: two classifiers on (s, a) and (s, a, s') (the paper) or a model of the real dynamics "
+                      "and a classifier at sim (s, a) (H2O+)")
+    real_model_members: int = option(5, "conditional ratio: members of the real-dynamics ensemble", min=1)
+    ratio_noise: float = option(0.1, "conditional ratio: std of the noise on both classes' s' (normalized) while it trains", min=0)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
     actor_lr: float = option(3e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)
@@ -112,12 +125,13 @@ class DynamicsModel(nn.Module):
         return (0.5 * ((next_obs - mean) / log_std.exp()) ** 2 + log_std).sum(-1).mean()
 
 
-def omega_weights(disc: Discriminators, sim: dict, next_samples: torch.Tensor) -> torch.Tensor:
-    """omega over the sim rows from ``next_samples`` [n, B_sim, obs]: u normalized to sum 1."""
+def omega_weights(log_ratio, sim: dict, next_samples: torch.Tensor) -> torch.Tensor:
+    """omega over the sim rows from ``next_samples`` [n, B_sim, obs]: u normalized to sum 1.
+    ``log_ratio(obs, action, next_obs)``: log P_real(s'|s,a) / P_sim(s'|s,a) per row."""
     n = next_samples.shape[0]
     obs = sim["obs"].unsqueeze(0).expand(n, -1, -1)
     action = sim["action"].unsqueeze(0).expand(n, -1, -1)
-    u = (-disc.log_ratio(obs, action, next_samples)).mean(0).clamp(1e-45, 10.0)
+    u = (-log_ratio(obs, action, next_samples)).mean(0).clamp(1e-45, 10.0)
     return u / u.sum()
 
 
@@ -163,6 +177,15 @@ class H2O(LearnerParts):
                       "discriminators": self.discriminators, "model": self.model, "actor_opt": self.actor_opt,
                       "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt, "disc_opt": self.disc_opt,
                       "model_opt": self.model_opt}
+        if cfg.ratio == "conditional":  # the discriminators are neither trained nor saved (they keep next_obs_std)
+            for name in ("discriminators", "disc_opt"):
+                del self.parts[name]
+            self.real_model = RealDynamics(obs_dim, act_dim, cfg.model_dims, cfg.real_model_members).to(self.device)
+            self.ratio_net = ConditionalRatio(obs_dim, act_dim, cfg.discriminator_dims, cfg.ratio_noise).to(self.device)
+            self.real_model_opt = adam(self.real_model.parameters(), cfg.model_lr, self.device)
+            self.ratio_opt = adam(self.ratio_net.parameters(), cfg.discriminator_lr, self.device)
+            self.parts.update(real_model=self.real_model, ratio_net=self.ratio_net, real_model_opt=self.real_model_opt,
+                              ratio_opt=self.ratio_opt)
 
     def fit_normalizer(self, mean, var) -> None:
         """Statistics of the real data; also the noise scale of the released code's s' samples."""
@@ -180,10 +203,37 @@ class H2O(LearnerParts):
             mean, std = mean.unsqueeze(0).expand(n, -1, -1), log_std.exp().unsqueeze(0)
             return mean + std * torch.randn_like(mean)
 
+    def log_ratio(self, obs, action, next_obs) -> torch.Tensor:
+        """log P_real(s'|s,a) / P_sim(s'|s,a) for normalized transitions, by the configured estimator."""
+        if self.cfg.ratio == "conditional":
+            return self.ratio_net(obs, action, next_obs)
+        return self.discriminators.log_ratio(obs, action, next_obs)
+
     def dynamics_ratio(self, obs, action, next_obs) -> torch.Tensor:
         """P_real(s'|s,a) / P_sim(s'|s,a) for raw (unnormalized) transitions."""
         with torch.no_grad():
-            return self.discriminators.log_ratio(self.normalizer(obs), action, self.normalizer(next_obs)).exp()
+            return self.log_ratio(self.normalizer(obs), action, self.normalizer(next_obs)).exp()
+
+    def _train_ratio(self, mb: dict, sim: dict) -> tuple[torch.Tensor, dict]:
+        """One step of the configured estimator on a minibatch; w for its sim rows."""
+        if self.cfg.ratio == "classifier":
+            disc_loss, metrics = self.discriminators.loss(mb)
+            step(self.disc_opt, disc_loss, list(self.discriminators.parameters()))
+            with torch.no_grad():
+                w = self.discriminators.log_ratio(sim["obs"], sim["action"], sim["next_obs"]).exp()
+            return w.clamp(self.cfg.ratio_min, 1.0), metrics
+        real = mb["is_real"]
+        rows = torch.randint(int(real.sum()), (self.cfg.real_model_members, int(real.sum())), device=self.device)
+        obs, action, next_obs = (mb[k][real][rows] for k in ("obs", "action", "next_obs"))  # a bootstrap draw per member
+        model_loss = self.real_model.loss(obs, action, next_obs)
+        step(self.real_model_opt, model_loss, list(self.real_model.parameters()))
+        with torch.no_grad():
+            model_next = self.real_model.sample(sim["obs"], sim["action"])
+        ratio_loss, metrics = self.ratio_net.loss(sim["obs"], sim["action"], sim["next_obs"], model_next)
+        step(self.ratio_opt, ratio_loss, list(self.ratio_net.parameters()))
+        w, w_metrics = conditional_weights(self.real_model, self.ratio_net, sim["obs"], sim["action"], sim["next_obs"],
+                                           self.cfg.ratio_min)
+        return w, {**metrics, **w_metrics, "real_model_loss": model_loss.detach()}
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "is_real" not in batch:
@@ -195,18 +245,16 @@ class H2O(LearnerParts):
         for mb in minibatches(batch):
             real = mb["is_real"]
             sim = {k: v[~real] for k, v in mb.items()}
-            disc_loss, disc_metrics = self.discriminators.loss(mb)
-            step(self.disc_opt, disc_loss, list(self.discriminators.parameters()))
+            w, ratio_metrics = self._train_ratio(mb, sim)
             if self.cfg.omega_next_states == "model":
                 step(self.model_opt, self.model.loss(sim["obs"], sim["action"], sim["next_obs"]),
                      list(self.model.parameters()))
             with torch.no_grad():
-                w = self.discriminators.log_ratio(sim["obs"], sim["action"], sim["next_obs"]).exp().clamp(self.cfg.ratio_min, 1.0)
-                omega = omega_weights(self.discriminators, sim, self.next_state_samples(sim))
+                omega = omega_weights(self.log_ratio, sim, self.next_state_samples(sim))
             y = soft_target(self.critic_target, self.actor, alpha, mb, self.cfg.gamma, entropy=self.cfg.backup_entropy)
             loss, metrics = critic_loss(self.critic, y, mb, w, omega, self.cfg.penalty_weight)
             step(self.critic_opt, loss, list(self.critic.parameters()))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
-            metrics = {**metrics, **disc_metrics, **_percentiles("w", w), **_percentiles("omega_x_batch", omega * omega.numel())}
+            metrics = {**metrics, **ratio_metrics, **_percentiles("w", w), **_percentiles("omega_x_batch", omega * omega.numel())}
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flatten(batch)["obs"])
         return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}
