@@ -254,3 +254,46 @@ def test_h2o_update_reports_discriminator_and_weight_statistics():
         learner.update({k: v for k, v in batch().items() if k != "is_real"})
     noise = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], omega_next_states="noise"), OBS, ACT)
     assert torch.isfinite(noise.update(batch())["omega_x_batch_mean"])
+
+
+def test_h2o_mixed_target_blends_the_in_sample_value_trained_on_real_rows():
+    """H2O+'s target: y = lambda (r + gamma (1 - terminated) V(s')) + (1 - lambda) y_soft, with V
+    one expectile step further on the real rows only."""
+    torch.manual_seed(0)
+    learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], target="mixed", exploit_weight=0.3,
+                            value_expectile=0.8), OBS, ACT)
+    assert {"value", "value_opt"} <= set(learner.parts) and not {"model", "model_opt"} & set(learner.parts)
+    b = batch()
+    real = b["is_real"]
+    y_soft = torch.randn(B)
+    with torch.no_grad():
+        u = reference_ensemble(learner.critic_target, b["obs"][real], b["action"][real]).min(0).values - learner.value(b["obs"][real])
+    expected_loss = torch.mean(torch.where(u > 0, 0.8, 0.2) * u**2)
+    y, metrics = learner._mixed_target(b, y_soft)
+    torch.testing.assert_close(metrics["value_loss"], expected_loss)
+    with torch.no_grad():
+        y_value = b["reward"] + 0.99 * (~b["terminated"]).float() * learner.value(b["next_obs"])
+    torch.testing.assert_close(y, 0.3 * y_value + 0.7 * y_soft)
+
+    def value_after(batch_):
+        torch.manual_seed(0)
+        fresh = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], target="mixed"), OBS, ACT)
+        fresh._mixed_target(batch_, y_soft)
+        return [p.detach().clone() for p in fresh.value.parameters()]
+
+    moved_sim = {**b, "obs": torch.where(real.unsqueeze(-1), b["obs"], b["obs"] + 5.0)}
+    moved_real = {**b, "obs": torch.where(real.unsqueeze(-1), b["obs"] + 5.0, b["obs"])}
+    assert all(torch.equal(p, q) for p, q in zip(value_after(b), value_after(moved_sim)))
+    assert not all(torch.equal(p, q) for p, q in zip(value_after(b), value_after(moved_real)))
+
+
+def test_h2o_mixed_target_drops_the_penalty():
+    def critic_after(penalty_weight):
+        torch.manual_seed(0)
+        learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], target="mixed", penalty_weight=penalty_weight), OBS, ACT)
+        torch.manual_seed(1)
+        metrics = learner.update(batch())
+        assert "value_loss" in metrics and not any(k.startswith("omega") for k in metrics)
+        return [p.detach().clone() for p in learner.critic.parameters()]
+
+    assert all(torch.equal(p, q) for p, q in zip(critic_after(0.01), critic_after(10.0)))

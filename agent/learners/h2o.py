@@ -30,6 +30,12 @@ real rows, and a classifier trained only at the sim rows' (s, a) between that mo
 the simulator's; it gives w (1 where the model's members disagree more than the gap) and the
 log-ratio in u(s, a). The default stays the paper's ``classifier`` until ``bench/h2o.py``
 measures which one passes its gates.
+
+``target="mixed"`` is H2O+'s value update in place of the omega penalty: an in-sample value
+V trained by expectile regression on the real rows, L_V = E_real[ |k - 1(u < 0)| u^2 ],
+u = min_e Q'_e(s, a) - V(s), and every row's target blends it with the online one,
+    y = lambda (r + gamma (1 - terminated) V(s')) + (1 - lambda) y_soft,
+y_soft the target above; the sim rows' TD errors keep their weight w.
 """
 from __future__ import annotations
 
@@ -42,10 +48,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from agent.config import option
-from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, sac_actor_loss, soft_target,
-                                   step, actor_temperature_step)
+from agent.learners.common import (LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, sac_actor_loss,
+                                   soft_target, step, actor_temperature_step)
 from agent.learners.dynamics_ratio import ConditionalRatio, RealDynamics, weights as conditional_weights
-from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, mlp, soft_update
+from agent.learners.iql import expectile_loss
+from agent.nets import CriticEnsemble, ObsNormalizer, TanhGaussianActor, Temperature, ValueNetwork, mlp, soft_update
 
 
 @dataclass
@@ -68,6 +75,10 @@ class H2OConfig:
     real_model_members: int = option(5, "conditional ratio: members of the real-dynamics ensemble", min=1)
     ratio_noise: float = option(0.1, "conditional ratio: std of the noise on both classes' s' (normalized) while it trains", min=0)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
+    target: Literal["penalty", "mixed"] = option(
+        "penalty", "value update: the omega-weighted penalty (the paper) or H2O+'s target blended with an in-sample value")
+    exploit_weight: float = option(0.5, "mixed target: lambda, the in-sample value's share of each target", min=0, max=1)
+    value_expectile: float = option(0.7, "mixed target: expectile k of the in-sample value's regression", gt=0, lt=1)
     actor_lr: float = option(3e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)
     alpha_lr: float = option(3e-4, "temperature learning rate", gt=0)
@@ -177,6 +188,12 @@ class H2O(LearnerParts):
                       "discriminators": self.discriminators, "model": self.model, "actor_opt": self.actor_opt,
                       "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt, "disc_opt": self.disc_opt,
                       "model_opt": self.model_opt}
+        if cfg.target == "mixed":  # the sim dynamics model serves only the penalty's omega: neither trained nor saved
+            for name in ("model", "model_opt"):
+                del self.parts[name]
+            self.value = ValueNetwork(obs_dim, cfg.hidden_dims).to(self.device)
+            self.value_opt = adam(self.value.parameters(), cfg.critic_lr, self.device)
+            self.parts.update(value=self.value, value_opt=self.value_opt)
         if cfg.ratio == "conditional":  # the discriminators are neither trained nor saved (they keep next_obs_std)
             for name in ("discriminators", "disc_opt"):
                 del self.parts[name]
@@ -235,6 +252,20 @@ class H2O(LearnerParts):
                                            self.cfg.ratio_min)
         return w, {**metrics, **w_metrics, "real_model_loss": model_loss.detach()}
 
+    def _mixed_target(self, mb: dict, y_soft: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One expectile step of the in-sample value on the real rows; the blended target."""
+        real = mb["is_real"]
+        with torch.no_grad():
+            q_real = self.critic_target(mb["obs"][real], mb["action"][real]).min(0).values
+        v = self.value(mb["obs"][real])
+        value_loss = expectile_loss(q_real - v, self.cfg.value_expectile)
+        step(self.value_opt, value_loss, list(self.value.parameters()))
+        with torch.no_grad():
+            y_value = mb["reward"] + self.cfg.gamma * not_done(mb) * self.value(mb["next_obs"])
+        lam = self.cfg.exploit_weight
+        return lam * y_value + (1.0 - lam) * y_soft, {"value_loss": value_loss.detach(), "v_mean": v.mean().detach(),
+                                                       "y_value_mean": y_value.mean().detach()}
+
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "is_real" not in batch:
             raise ValueError("H2O needs batches that mark real rows (is_real); fine-tune it with a real dataset "
@@ -246,15 +277,24 @@ class H2O(LearnerParts):
             real = mb["is_real"]
             sim = {k: v[~real] for k, v in mb.items()}
             w, ratio_metrics = self._train_ratio(mb, sim)
-            if self.cfg.omega_next_states == "model":
-                step(self.model_opt, self.model.loss(sim["obs"], sim["action"], sim["next_obs"]),
-                     list(self.model.parameters()))
-            with torch.no_grad():
-                omega = omega_weights(self.log_ratio, sim, self.next_state_samples(sim))
-            y = soft_target(self.critic_target, self.actor, alpha, mb, self.cfg.gamma, entropy=self.cfg.backup_entropy)
-            loss, metrics = critic_loss(self.critic, y, mb, w, omega, self.cfg.penalty_weight)
+            if self.cfg.target == "mixed":
+                y = soft_target(self.critic_target, self.actor, alpha, mb, self.cfg.gamma, entropy=self.cfg.backup_entropy)
+                y, value_metrics = self._mixed_target(mb, y)
+                uniform = torch.full_like(w, 1.0 / max(w.numel(), 1))
+                loss, metrics = critic_loss(self.critic, y, mb, w, uniform, 0.0)
+                ratio_metrics = {**ratio_metrics, **value_metrics}
+            else:
+                if self.cfg.omega_next_states == "model":
+                    step(self.model_opt, self.model.loss(sim["obs"], sim["action"], sim["next_obs"]),
+                         list(self.model.parameters()))
+                with torch.no_grad():
+                    omega = omega_weights(self.log_ratio, sim, self.next_state_samples(sim))
+                y = soft_target(self.critic_target, self.actor, alpha, mb, self.cfg.gamma, entropy=self.cfg.backup_entropy)
+                loss, metrics = critic_loss(self.critic, y, mb, w, omega, self.cfg.penalty_weight)
             step(self.critic_opt, loss, list(self.critic.parameters()))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
-            metrics = {**metrics, **ratio_metrics, **_percentiles("w", w), **_percentiles("omega_x_batch", omega * omega.numel())}
+            metrics = {**metrics, **ratio_metrics, **_percentiles("w", w)}
+            if self.cfg.target == "penalty":
+                metrics.update(_percentiles("omega_x_batch", omega * omega.numel()))
         loss, log_prob, actor_metrics = sac_actor_loss(self.actor, self.critic, self.temperature(), flatten(batch)["obs"])
         return {**metrics, **actor_metrics, **actor_temperature_step(self, loss, log_prob)}
