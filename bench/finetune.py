@@ -245,13 +245,14 @@ def plateau_job(job: dict) -> dict:
     """bench/plateau.py on push: the oracle-filtered BC ceiling and each IQL start's critic."""
     import torch
 
-    from plateau import critic_discrimination, filtered_bc
+    from plateau import critic_discrimination, expert_labels, filtered_bc
 
     torch.set_num_threads(1)
     s, start = job["settings"], time.time()
-    ceiling = filtered_bc(job["data"], s["iql_hidden"], s["pretrain_steps"], s["iql_batch"], s["pretrain_eval_every"],
+    labelled = expert_labels(job["data"])  # read and labelled once for all the measurements
+    ceiling = filtered_bc(labelled, s["iql_hidden"], s["pretrain_steps"], s["iql_batch"], s["pretrain_eval_every"],
                           s["eval_episodes"], s["start_episodes"])
-    critics = {f"iql-{seed}": critic_discrimination(run, job["data"]) for seed, run in job["iql_runs"].items()}
+    critics = {f"iql-{seed}": critic_discrimination(run, labelled) for seed, run in job["iql_runs"].items()}
     return {"filtered_bc": ceiling, "critics": critics, "minutes": (time.time() - start) / 60}
 
 

@@ -40,12 +40,13 @@ def expert_labels(data: str, seed: int = 0) -> tuple[object, np.ndarray, np.ndar
     return cache, expert_actions, is_expert
 
 
-def critic_discrimination(run: str, data: str, samples: int = 4000) -> dict:
+def critic_discrimination(run: str, labelled: tuple, samples: int = 4000) -> dict:
+    """``labelled``: what :func:`expert_labels` returns for the data."""
     import torch
 
     from agent.policy import load_policy
 
-    cache, expert_actions, is_expert = expert_labels(data)
+    cache, expert_actions, is_expert = labelled
     pick = np.sort(np.random.default_rng(0).choice(len(cache.obs), size=min(samples, len(cache.obs)), replace=False))
     obs, action, a_exp, mask = cache.obs[pick], cache.action[pick], expert_actions[pick], is_expert[pick]
     learner = load_policy(run, ENV, obs.shape[1], action.shape[1])
@@ -63,9 +64,10 @@ def critic_discrimination(run: str, data: str, samples: int = 4000) -> dict:
             "shrunk_expert_abs_error": float(np.abs((1.0 - is_expert.mean()) * a_exp).mean())}
 
 
-def filtered_bc(data: str, hidden: list[int], steps: int, batch: int, eval_every: int, eval_episodes: int,
+def filtered_bc(labelled: tuple, hidden: list[int], steps: int, batch: int, eval_every: int, eval_episodes: int,
                 final_episodes: int, seed: int = 0) -> dict:
-    """The library's Gaussian BC trained on the expert's rows only."""
+    """The library's Gaussian BC trained on the expert's rows only (``labelled``: what
+    :func:`expert_labels` returns)."""
     import torch
 
     from agent.evaluate import evaluate
@@ -73,7 +75,7 @@ def filtered_bc(data: str, hidden: list[int], steps: int, batch: int, eval_every
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cache, _, is_expert = expert_labels(data)
+    cache, _, is_expert = labelled
     rows = np.flatnonzero(is_expert)
     learner = BC(BCConfig(hidden_dims=hidden), cache.obs.shape[1], cache.action.shape[1])
     learner.fit_normalizer(cache.obs.mean(0), cache.obs.var(0))

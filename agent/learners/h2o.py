@@ -240,7 +240,8 @@ class H2O(LearnerParts):
                 w = self.discriminators.log_ratio(sim["obs"], sim["action"], sim["next_obs"]).exp()
             return w.clamp(self.cfg.ratio_min, 1.0), metrics
         real = mb["is_real"]
-        rows = torch.randint(int(real.sum()), (self.cfg.real_model_members, int(real.sum())), device=self.device)
+        n_real = int(real.sum())  # one host sync; the boolean indexing below needs the count anyway
+        rows = torch.randint(n_real, (self.cfg.real_model_members, n_real), device=self.device)
         obs, action, next_obs = (mb[k][real][rows] for k in ("obs", "action", "next_obs"))  # a bootstrap draw per member
         model_loss = self.real_model.loss(obs, action, next_obs)
         step(self.real_model_opt, model_loss, list(self.real_model.parameters()))
