@@ -12,7 +12,7 @@ from agent.store import Store
 from helpers import pretrained_calql
 
 ENV = "sims/ArmReach-v0"  # 50-step episodes, 28-d observations, 7-d actions
-ALGOS = ["wsrl", "ro2o", "h2o", "calql", "rlpd", "sac"]
+ALGOS = ["wsrl", "ro2o", "h2o", "darc", "calql", "rlpd", "sac"]
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,13 @@ def tiny(algo: str, pretrained: dict, out, **overrides) -> FinetuneConfig:
                          batch_size=32, eval_every=150, eval_episodes=1, checkpoint_every=100, log_every=50)
     if algo in ("wsrl", "calql"):
         cfg.init = pretrained["init"]
-    if algo == "h2o":
+    if algo in ("h2o", "darc"):
         cfg.real_data, cfg.sim_gap = pretrained["data"], ["gravity_scale=3.0"]
-        cfg.h2o.discriminator_dims, cfg.h2o.model_dims = [32], [32]
+        getattr(cfg, algo).discriminator_dims = [32]
+        cfg.h2o.model_dims = [32]
     if algo == "ro2o":
         cfg.offline_steps, cfg.ro2o.num_perturbations = 20, 4
-    for name in ("ro2o", "h2o", "rlpd", "sac"):
+    for name in ("ro2o", "h2o", "darc", "rlpd", "sac"):
         getattr(cfg, name).hidden_dims = [32, 32]
     cfg.calql.num_sampled_actions = 2
     for key, value in overrides.items():
@@ -68,6 +69,8 @@ def test_every_loop_runs_a_few_hundred_steps(algo, pretrained, tmp_path):
     assert all(k in train[-1] for k in ("train/alpha", "train/updates_per_s"))
     if algo == "h2o":
         assert all(k in train[-1] for k in ("train/disc_sa_acc", "train/w_p50", "train/omega_x_batch_p90"))
+    if algo == "darc":
+        assert all(k in train[-1] for k in ("train/disc_sas_acc", "train/reward_correction"))
 
 
 def test_wsrl_makes_no_update_during_warmup_and_never_samples_offline_data(pretrained, tmp_path):

@@ -77,6 +77,41 @@ def test_h2o_dynamics_ratio_matches_plain_softmaxes():
     torch.testing.assert_close(d.log_ratio(b["obs"], b["action"], b["next_obs"]).exp(), expected)
 
 
+def test_darc_reward_correction_matches_plain_softmaxes():
+    from agent.learners.darc import DARC, DARCConfig, corrected_reward
+
+    torch.manual_seed(0)
+    learner = DARC(DARCConfig(hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
+    b = batch()
+    d = learner.discriminators
+    l_sa = 2 * torch.tanh(d.sa(torch.cat([b["obs"], b["action"]], -1)))
+    l_sas = 2 * torch.tanh(d.sas(torch.cat([b["obs"], b["action"], b["next_obs"]], -1)))
+    p_sas, p_sa = torch.softmax(l_sas + l_sa, -1), torch.softmax(l_sa, -1)
+    delta = torch.log(p_sas[:, 1]) - torch.log(p_sas[:, 0]) - torch.log(p_sa[:, 1]) + torch.log(p_sa[:, 0])
+    torch.testing.assert_close(corrected_reward(d, b, 0.5), b["reward"] + 0.5 * delta)
+
+
+def test_darc_learns_values_from_the_sim_rows_only():
+    """The real rows train the classifiers; their rewards never reach the critic."""
+    from agent.learners.darc import DARC, DARCConfig
+
+    def critic_after(b):
+        torch.manual_seed(0)
+        learner = DARC(DARCConfig(hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
+        torch.manual_seed(1)
+        learner.update(b)
+        return [p.detach().clone() for p in learner.critic.parameters()]
+
+    b = batch()
+    real = b["is_real"]
+    assert real.any() and (~real).any()
+    base = critic_after(b)
+    other_real = critic_after({**b, "reward": torch.where(real, b["reward"] + 100.0, b["reward"])})
+    other_sim = critic_after({**b, "reward": torch.where(real, b["reward"], b["reward"] + 100.0)})
+    assert all(torch.equal(p, q) for p, q in zip(base, other_real))
+    assert not all(torch.equal(p, q) for p, q in zip(base, other_sim))
+
+
 def test_h2o_critic_loss_matches_plain_weighting():
     torch.manual_seed(0)
     critic = CriticEnsemble(OBS, ACT, [8], ensemble_size=2)

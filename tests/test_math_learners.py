@@ -32,6 +32,7 @@ PARTS = {
     "cql": SAC_PARTS, "calql": SAC_PARTS, "sacn": SAC_PARTS, "sac": SAC_PARTS, "rlpd": SAC_PARTS, "wsrl": SAC_PARTS,
     "ro2o": SAC_PARTS | {"schedule"},
     "h2o": SAC_PARTS | {"discriminators", "model", "disc_opt", "model_opt"},
+    "darc": SAC_PARTS | {"discriminators", "disc_opt"},
 }
 # the module each optimizer steps, and the config field of its learning rate
 OPTIMIZERS = {"actor_opt": ("actor", "actor_lr"), "critic_opt": ("critic", "critic_lr"), "alpha_opt": ("temperature", "alpha_lr"),
@@ -49,6 +50,7 @@ METRICS = {
     "ro2o": {"critic_loss", "q_mean", "q_std", "q_smooth_loss", "ood_loss", "ood_q_std", "actor_loss", "entropy",
              "policy_smooth_kl", "ood_lambda", "alpha", "alpha_loss"},
 }
+METRICS["darc"] = METRICS["sacn"] | {"disc_loss", "disc_sa_acc", "disc_sas_acc", "reward_correction"}
 METRICS.update(sac=METRICS["sacn"], rlpd=METRICS["sacn"], wsrl=METRICS["sacn"], calql=METRICS["cql"])
 
 

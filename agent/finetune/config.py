@@ -6,7 +6,7 @@ from typing import Literal
 
 from agent.config import option, section
 from agent.finetune.regime import AutoConfig
-from agent.learners import CalQLConfig, H2OConfig, IQLConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
+from agent.learners import CalQLConfig, DARCConfig, H2OConfig, IQLConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
 
 # The loop settings each algorithm's authors use, where the config leaves them empty:
 # warm-up steps, who acts during warm-up, update-to-data ratio, offline share of a batch.
@@ -17,15 +17,20 @@ ALGO_DEFAULTS: dict[str, dict] = {
     "rlpd": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 20, "offline_ratio": 0.5},
     "sac": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.0},
     "h2o": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
+    # DARC: the real half of each batch trains only its classifiers
+    "darc": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
     # IQL keeps its offline data (the paper and CORL append online data to the offline buffer);
     # symmetric batches here, so that the online share does not depend on the dataset's size
     "iql": {"warmup_steps": 0, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.5},
 }
 
+# algorithms that learn from a real dataset and a simulator at once: batches mark the real rows (is_real)
+HYBRID = ("h2o", "darc")
+
 
 @dataclass
 class FinetuneConfig:
-    algo: Literal["auto", "wsrl", "ro2o", "h2o", "calql", "iql", "rlpd", "sac"] = option(
+    algo: Literal["auto", "wsrl", "ro2o", "h2o", "darc", "calql", "iql", "rlpd", "sac"] = option(
         "auto", "fine-tuning algorithm; auto keeps or drops the offline data by comparing the --init policy with it (--auto.*)")
     init: str = option("", "pretrained run directory or checkpoint (auto: Cal-QL/CQL/SAC-N/IQL; WSRL: Cal-QL/CQL; "
                            "Cal-QL: Cal-QL; IQL: IQL; RO2O: optional)")
@@ -33,7 +38,7 @@ class FinetuneConfig:
     sim_gap: list[str] = option([], "dynamics-gap kwargs of the training env, name=value (e.g. gravity_scale=2.0); evaluation always uses the nominal env")
     env_kwargs: list[str] = option([], "name=value kwargs for the env, train and eval; values are YAML scalars (e.g. domain_id=5,transport=dds)")
     data: str = option("", "offline store for mixed batches and the held-out TD diagnostic; empty means the pretrained run's data")
-    real_data: str = option("", "H2O: the real-dynamics dataset (overrides --data)")
+    real_data: str = option("", "H2O, DARC: the real-dynamics dataset (overrides --data)")
     online_store: str = option("", "store the online episodes are appended to; empty means <out>/online.zarr")
     out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
     steps: int = option(50_000, "online environment steps in total", min=1)
@@ -61,6 +66,7 @@ class FinetuneConfig:
     wsrl: WSRLConfig = section(WSRLConfig, "WSRL settings")
     ro2o: RO2OConfig = section(RO2OConfig, "RO2O settings")
     h2o: H2OConfig = section(H2OConfig, "H2O settings")
+    darc: DARCConfig = section(DARCConfig, "DARC settings")
     calql: CalQLConfig = section(CalQLConfig, "Cal-QL settings (fine-tuning)")
     rlpd: RLPDConfig = section(RLPDConfig, "RLPD settings")
     iql: IQLConfig = section(IQLConfig, "IQL settings (fine-tuning)")

@@ -39,7 +39,7 @@ from agent.checkpoint import check_shapes, load_checkpoint, restore_rng, rng_sta
 from agent.collect import config_hash
 from agent.config import from_dict, save_yaml, to_dict
 from agent.envs import make_env, reference_returns
-from agent.finetune.config import FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
+from agent.finetune.config import HYBRID, FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
 from agent.finetune.regime import log_decision, summary_entry
@@ -463,8 +463,8 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
     rng = seed_everything(cfg.seed)
     learner = _build_learner(cfg, obs_dim, act_dim, plan.device, init_ckpt)
     data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
-    if cfg.algo == "h2o" and not cfg.real_data and not cfg.data:
-        raise ValueError("H2O needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
+    if cfg.algo in HYBRID and not cfg.real_data and not cfg.data:
+        raise ValueError(f"{cfg.algo.upper()} needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
     offline = load_transitions(Store.open(data_path)) if data_path else None
     train_steps = heldout = None
     if offline is not None:
@@ -479,7 +479,7 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
     source = BatchSource(OnlineBuffer(obs_dim, act_dim, prepare=prepare), offline, train_steps,
                          float(loop_setting(cfg, "offline_ratio")), rng,
                          offline_extras=prepare(offline) if (prepare and offline is not None) else None,
-                         mark_real=cfg.algo == "h2o")
+                         mark_real=cfg.algo in HYBRID)
     if make_source is not None:
         source = make_source(source)
     if cfg.offline_steps and offline is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from agent.learners.bc import BC, BCConfig
 from agent.learners.calql import CalQL, CalQLConfig
 from agent.learners.cql import CQL, CQLConfig
+from agent.learners.darc import DARC, DARCConfig
 from agent.learners.h2o import H2O, H2OConfig
 from agent.learners.iql import IQL, IQLConfig
 from agent.learners.rlpd import RLPD, RLPDConfig
@@ -31,6 +32,7 @@ LEARNERS: dict[str, tuple[type, type]] = {
     # online fine-tuning (agent/finetune)
     "wsrl": (WSRL, WSRLConfig),
     "h2o": (H2O, H2OConfig),
+    "darc": (DARC, DARCConfig),
     "ro2o": (RO2O, RO2OConfig),
     "rlpd": (RLPD, RLPDConfig),
     "sac": (SAC, SACConfig),
