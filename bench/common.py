@@ -104,3 +104,54 @@ def iqm_ci(scores: list[float], reps: int = 2000, seed: int = 0) -> tuple[float,
         rng = np.random.default_rng(seed)
         boots = [iqm(rng.choice(x, x.size)) for _ in range(reps)]
         return iqm(x), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def runs_dir(name: str) -> Path:
+    """Where a bench keeps one JSON per finished run (committed, so reruns skip them)."""
+    return RESULTS / "runs" / name
+
+
+def saved(name: str, key: str) -> dict | None:
+    path = runs_dir(name) / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save(name: str, key: str, result: dict) -> None:
+    path = runs_dir(name) / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
+def _call(task):
+    """One job; a failure comes back as its traceback, so that the other runs in the pool go on."""
+    import traceback
+
+    fn, job = task
+    try:
+        return job["key"], fn(job)
+    except Exception:
+        return job["key"], {"error": traceback.format_exc()}
+
+
+def in_pool(name: str, fn, jobs: list[dict], workers: int) -> dict[str, dict]:
+    """Run ``fn(job)`` for the jobs whose result is not saved yet, ``workers`` processes at a time
+    (spawned, so each sets its own torch threads); each result is saved as it finishes."""
+    import multiprocessing
+
+    todo = [(fn, j) for j in jobs if saved(name, j["key"]) is None]
+    if todo:
+        with multiprocessing.get_context("spawn").Pool(max(1, min(workers, len(todo)))) as pool:
+            for key, result in pool.imap_unordered(_call, todo):
+                if "error" in result:
+                    print(f"  FAILED {key} (not saved; a rerun retries it):\n{result['error']}", flush=True)
+                    continue
+                save(name, key, result)
+                print(f"  finished {key} ({result.get('minutes', 0):.1f} min)", flush=True)
+    return {j["key"]: saved(name, j["key"]) for j in jobs if saved(name, j["key"]) is not None}
+
+
+def ci(values) -> str:
+    point, lo, hi = iqm_ci(values)
+    return f"IQM {point:.1f} [{lo:.1f}, {hi:.1f}] over {len(values)} seeds"

@@ -256,6 +256,30 @@ def test_h2o_update_reports_discriminator_and_weight_statistics():
     assert torch.isfinite(noise.update(batch())["omega_x_batch_mean"])
 
 
+@pytest.mark.parametrize("ratio", ["classifier", "conditional"])
+def test_h2o_td_weights_are_the_weights_the_critic_used(ratio, monkeypatch):
+    """What bench/h2o.py reads on held-out rows is the w the critic multiplies the sim TD errors by."""
+    import agent.learners.h2o as h2o
+
+    torch.manual_seed(0)
+    cfg = H2OConfig(hidden_dims=[8], discriminator_dims=[8], model_dims=[8], omega_samples=2, ratio=ratio, real_model_members=2)
+    learner = H2O(cfg, OBS, ACT)
+    learner.fit_normalizer(torch.full((OBS,), 0.3), torch.full((OBS,), 2.0))
+    seen, real_critic_loss = {}, h2o.critic_loss
+
+    def spy(critic, y, mb, w, omega, penalty_weight):
+        seen["w"] = w
+        return real_critic_loss(critic, y, mb, w, omega, penalty_weight)
+
+    monkeypatch.setattr(h2o, "critic_loss", spy)
+    b = batch()
+    learner.update(b)
+    sim = ~b["is_real"]
+    torch.testing.assert_close(learner.td_weights(b["obs"][sim], b["action"][sim], b["next_obs"][sim]), seen["w"])
+    trusting = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], model_dims=[8], ratio=ratio, ratio_min=1.0), OBS, ACT)
+    assert (trusting.td_weights(b["obs"], b["action"], b["next_obs"]) == 1).all()  # bench/h2o.py's "w fixed at 1"
+
+
 def test_h2o_mixed_target_blends_the_in_sample_value_trained_on_real_rows():
     """H2O+'s target: y = lambda (r + gamma (1 - terminated) V(s')) + (1 - lambda) y_soft, with V
     one expectile step further on the real rows only."""

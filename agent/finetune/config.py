@@ -16,7 +16,8 @@ ALGO_DEFAULTS: dict[str, dict] = {
     "calql": {"warmup_steps": 0, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.5},
     "rlpd": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 20, "offline_ratio": 0.5},
     "sac": {"warmup_steps": 5_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.0},
-    "h2o": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
+    # H2O: its own initial policy collects from the first step, as the released code does
+    "h2o": {"warmup_steps": 1_000, "warmup_policy": "policy", "utd": 1, "offline_ratio": 0.5},
     # DARC: the real half of each batch trains only its classifiers
     "darc": {"warmup_steps": 1_000, "warmup_policy": "random", "utd": 1, "offline_ratio": 0.5},
     # IQL keeps its offline data (the paper and CORL append online data to the offline buffer);

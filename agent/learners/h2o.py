@@ -231,6 +231,15 @@ class H2O(LearnerParts):
         with torch.no_grad():
             return self.log_ratio(self.normalizer(obs), action, self.normalizer(next_obs)).exp()
 
+    def td_weights(self, obs, action, next_obs) -> torch.Tensor:
+        """The weight w the critic gives raw (unnormalized) simulated transitions: the clipped
+        ratio, and 1 where the conditional estimate's model is unsure."""
+        obs, next_obs = self.normalizer(obs), self.normalizer(next_obs)
+        with torch.no_grad():
+            if self.cfg.ratio == "conditional":
+                return conditional_weights(self.real_model, self.ratio_net, obs, action, next_obs, self.cfg.ratio_min)[0]
+            return self.discriminators.log_ratio(obs, action, next_obs).exp().clamp(self.cfg.ratio_min, 1.0)
+
     def _train_ratio(self, mb: dict, sim: dict) -> tuple[torch.Tensor, dict]:
         """One step of the configured estimator on a minibatch; w for its sim rows."""
         if self.cfg.ratio == "classifier":
