@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -49,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 
-from common import RESULTS, WORK, iqm_ci, print_rows, row, write_results  # noqa: E402
+from common import (RESULTS, WORK, ci, in_pool, iqm_ci, print_rows, row, runs_dir, save, saved,  # noqa: E402
+                    write_results)
 
 TASKS = {"push": ("sims/ArmPush-v0", "arm-push-medium.yaml"), "reach": ("sims/ArmReach-v0", "arm-reach-medium.yaml"),
          "pick": ("sims/ArmPickPlace-v0", "arm-pick-place-medium.yaml")}
@@ -79,23 +79,6 @@ TASK_SETTINGS = {"reach": {"online_steps": 20_000, "eval_every": 1_000}}
 QUICK = {**CPU, "auto_seeds": 1, "seeds": 1, "episodes": 10, "hidden": [32, 32], "iql_hidden": [32, 32], "iql_batch": 32,
          "pretrain_steps": 200, "pretrain_eval_every": 100, "start_episodes": 3, "online_steps": 600, "eval_every": 200,
          "eval_episodes": 2, "warmup": 100, "utd": 1, "rlpd_utd": 2, "batch": 32, "ro2o_offline_steps": 100}
-
-
-def runs_dir(name: str) -> Path:
-    return RESULTS / "runs" / name
-
-
-def saved(name: str, key: str) -> dict | None:
-    path = runs_dir(name) / f"{key}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def save(name: str, key: str, result: dict) -> None:
-    path = runs_dir(name) / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
 
 
 def collect_data(work: Path, s: dict, task: str) -> str:
@@ -256,32 +239,6 @@ def plateau_job(job: dict) -> dict:
     return {"filtered_bc": ceiling, "critics": critics, "minutes": (time.time() - start) / 60}
 
 
-def _job(task: tuple[str, dict]) -> tuple[str, dict]:
-    """One job; a failure comes back as its traceback, so that the other runs in the pool go on."""
-    import traceback
-
-    kind, job = task
-    try:
-        return job["key"], {"pretrain": pretrain_job, "finetune": finetune_job, "plateau": plateau_job}[kind](job)
-    except Exception:
-        return job["key"], {"error": traceback.format_exc()}
-
-
-def in_pool(name: str, kind: str, jobs: list[dict], workers: int) -> dict[str, dict]:
-    """Run the jobs whose result is not saved yet, ``workers`` at a time; each result is saved as it finishes."""
-    todo = [(kind, j) for j in jobs if saved(name, j["key"]) is None]
-    if todo:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(max(1, min(workers, len(todo)))) as pool:
-            for key, result in pool.imap_unordered(_job, todo):
-                if "error" in result:
-                    print(f"  FAILED {key} (not saved; a rerun retries it):\n{result['error']}", flush=True)
-                    continue
-                save(name, key, result)
-                print(f"  finished {key} ({result['minutes']:.1f} min)", flush=True)
-    return {j["key"]: saved(name, j["key"]) for j in jobs if saved(name, j["key"]) is not None}
-
-
 def final(result: dict) -> float:
     return float(np.mean(result["values"][-3:]))
 
@@ -335,11 +292,6 @@ def kill_and_resume(work: Path, init: str, env: str) -> tuple[float, str]:
     return float(ok), (f"killed after checkpoint at step {ckpt['step']} ({store.num_episodes} episodes in store, "
                        f"{len(ckpt['loop']['episode_rows'])} checkpointed); resumed buffer {seen.get('buffer')} "
                        f"transitions (expected {expected}); finished at {summary['env_steps']}/{steps}")
-
-
-def ci(values) -> str:
-    point, lo, hi = iqm_ci(values)
-    return f"IQM {point:.1f} [{lo:.1f}, {hi:.1f}] over {len(values)} seeds"
 
 
 def task_rows(task: str, s: dict, data_mean: float, pre: dict, runs: dict, auto_seeds, seeds) -> list[dict]:
@@ -626,9 +578,9 @@ def main() -> None:
         if saved(name, job["key"]) is not None and not (Path(job["out"]) / "checkpoints" / "latest.pt").exists():
             (runs_dir(name) / f"{job['key']}.json").unlink()
     bc_jobs = [j for j in pre_jobs if j["algo"] == "bc"]
-    pre = in_pool(name, "pretrain", [j for j in pre_jobs if j["algo"] != "bc"], workers)
+    pre = in_pool(name, pretrain_job, [j for j in pre_jobs if j["algo"] != "bc"], workers)
     if bc_jobs:
-        pre.update(in_pool(name, "pretrain", bc_jobs, workers))
+        pre.update(in_pool(name, pretrain_job, bc_jobs, workers))
     for job in ft_jobs:
         if job["algo"] == "auto":
             options = {a: pre.get(f"pretrain-{a}-{job['seed']}") or saved(name, f"pretrain-{a}-{job['seed']}") for a in ("calql", "iql")}
@@ -642,16 +594,16 @@ def main() -> None:
                     job["init_algo"] = max(options, key=lambda a: options[a]["offline_start"])
         if job.get("init_algo"):
             job["init"] = str(work / f"pretrain-{job['init_algo']}-{job['seed']}")
-    in_pool(name, "finetune", [j for j in ft_jobs if j["algo"] == "auto"], workers)
+    in_pool(name, finetune_job, [j for j in ft_jobs if j["algo"] == "auto"], workers)
     for job in ft_jobs:  # an auto run that kept the data from its IQL start is the IQL baseline's run, bit for bit
         auto = saved(name, f"auto-{job['seed']}")
         if job["algo"] == "iql" and saved(name, job["key"]) is None and auto and (auto["ran"], auto["init_algo"]) == ("iql", "iql"):
             save(name, job["key"], {**auto, "algo": "iql", "decision": None, "reused_from": f"auto-{job['seed']}"})
-    in_pool(name, "finetune", [j for j in ft_jobs if j["algo"] != "auto"], workers)
+    in_pool(name, finetune_job, [j for j in ft_jobs if j["algo"] != "auto"], workers)
     if "plateau" in groups:  # after the pretraining: it reads every IQL start there is
         iql_runs = {seed: str(work / f"pretrain-iql-{seed}") for seed in auto_seeds
                     if (work / f"pretrain-iql-{seed}" / "checkpoints" / "latest.pt").exists()}
-        in_pool(name, "plateau", [{**base, "key": "plateau", "iql_runs": iql_runs}], 1)
+        in_pool(name, plateau_job, [{**base, "key": "plateau", "iql_runs": iql_runs}], 1)
     plateau = saved(name, "plateau") if args.task == "push" else None
 
     all_pre = {p.stem: json.loads(p.read_text()) for p in runs_dir(name).glob("pretrain-*.json")}
