@@ -29,7 +29,6 @@ import queue as queue_module
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
@@ -340,7 +339,7 @@ def _close(episodes, env, store: Store | None) -> None:
 
 
 def open_or_create(path: str, env_id: str, env, sim_state: dict | None) -> Store:
-    if Path(path).exists() and any(Path(path).iterdir()):
+    if Store.holds_data(path):
         store = Store.open(path, mode="a")
         if store.env_id != env_id:
             raise ValueError(f"store {path!r} holds {store.env_id} episodes; it cannot take episodes of {env_id}.")

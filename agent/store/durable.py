@@ -1,14 +1,26 @@
-"""Where a store lives: durable local files with a writer lock, or a read-only URL.
+"""Where a store lives: durable local files with a writer lock, or a URL.
 
 Two locations share one small protocol (:class:`Location`): a local directory, written
 through :class:`DurableLocalStore` (every key goes to a temporary file that is fsynced
 and renamed, and the directories are fsynced before a commit is published), and any
-URL fsspec understands (``memory://``, ``file://``, ``s3://`` ...), opened read-only.
+URL fsspec understands (``memory://``, ``file://``, ``s3://`` ...), read-only except on
+``s3://``.
+
+On object storage there is no rename, and none is needed: every key is written by one
+PUT, which replaces an object atomically (readers see the old bytes or the new ones),
+and S3 reads are strongly consistent after a write. The commit protocol is therefore the
+local one without the temporary files: rows past the committed length first, the commit
+record last. The one writer is a lease, :class:`ObjectLease`: a ``writer.lock`` object
+created with a conditional PUT (If-None-Match), renewed with If-Match on its own ETag
+before every append and before every commit is published, and taken over only once it
+has expired (again with If-Match, so two newcomers cannot both win). A writer that finds
+its lease taken stops before writing anything.
 """
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib.util
 import json
 import os
 import socket
@@ -136,6 +148,9 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
 
+    def renew(self) -> None:
+        """Nothing to renew: the kernel holds an flock for as long as its process lives."""
+
     @property
     def held(self) -> bool:
         return self._fd is not None
@@ -162,6 +177,97 @@ def _holder_is_alive(holder: dict) -> bool:
     return True
 
 
+class LeaseLost(ValueError):
+    """This writer's lease on an object-store store was taken over by another writer."""
+
+
+LEASE_SECONDS = 300.0  # a killed writer's lease blocks others this long; renewed by every append
+
+
+class ObjectLease:
+    """One writer per store on object storage: ``STORE/writer.lock`` holds the writer's id,
+    pid, host and the time its lease expires. Created with If-None-Match, renewed and
+    released with If-Match on the ETag this writer last wrote; an expired lease is taken
+    over with If-Match on the ETag that was read, so of two newcomers one wins."""
+
+    def __init__(self, location: "UrlLocation", ttl: float = LEASE_SECONDS):
+        store = location.zarr_store
+        self.fs, self.key = store.fs, f"{store.path}/{LOCK_NAME}"  # type: ignore[attr-defined]
+        self.display, self.ttl = location.display, ttl
+        self.owner = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.stale_holder: dict | None = None
+
+    def _record(self) -> bytes:
+        now = time.time()
+        return json.dumps({"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "expires": now + self.ttl}).encode()
+
+    def _put(self, **condition) -> str:
+        out = sync(self.fs._pipe_file(self.key, self._record(), **condition))
+        return str(out["ETag"])
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        try:
+            info = sync(self.fs._info(self.key, refresh=True))
+            raw = sync(self.fs._cat_file(self.key))
+        except FileNotFoundError:
+            return None, None
+        try:
+            holder = json.loads(raw)
+        except ValueError:
+            holder = {}
+        return (holder if isinstance(holder, dict) else {}), str(info.get("ETag"))
+
+    def acquire(self) -> "ObjectLease":
+        try:
+            self.etag = self._put(mode="create")
+            return self
+        except (FileExistsError, OSError):
+            pass
+        holder, etag = self._read()
+        if holder is not None and float(holder.get("expires", 0)) > time.time():
+            raise ValueError(
+                f"store {self.display!r} is already open for writing by pid {holder.get('pid')} on host "
+                f"{holder.get('host')!r} (since {holder.get('since')}, lease until "
+                f"{time.strftime('%H:%M:%S', time.localtime(float(holder.get('expires', 0))))}); a store takes one "
+                f"writer at a time: close the other writer, or wait for its lease to expire if it was killed."
+            )
+        try:  # expired (a killed writer) or deleted meanwhile
+            self.etag = self._put(IfMatch=etag) if etag else self._put(mode="create")
+        except (FileExistsError, OSError):
+            raise ValueError(f"store {self.display!r}: another writer took the expired writer lease first; "
+                             f"a store takes one writer at a time.") from None
+        self.stale_holder = holder
+        return self
+
+    def renew(self) -> None:
+        """Extend the lease, or stop: after a takeover this writer must not write a byte."""
+        if self.etag is None:
+            raise LeaseLost(f"store {self.display!r}: this writer no longer holds the store's lease; reopen the store "
+                            f"with mode='a' to append.")
+        try:
+            self.etag = self._put(IfMatch=self.etag)
+        except (FileExistsError, FileNotFoundError, OSError):
+            self.etag = None
+            raise LeaseLost(
+                f"store {self.display!r}: this writer's lease expired and another writer took the store over; "
+                f"nothing more was written by this one. Reopen the store to append after the other writer's episodes."
+            ) from None
+
+    def release(self) -> None:
+        if self.etag is None:
+            return
+        holder, etag = self._read()
+        if etag == self.etag and holder is not None and holder.get("owner") == self.owner:
+            sync(self.fs._rm_file(self.key))
+        self.etag = None
+
+    @property
+    def held(self) -> bool:
+        return self.etag is not None
+
+
 # -- locations ----------------------------------------------------------------------
 
 
@@ -176,6 +282,7 @@ class Location(Protocol):
     def read_json(self, key: str) -> dict | None: ...
     def list_prefix(self, prefix: str) -> list[str]: ...
     def chunk_indices(self, key: str) -> set[str]: ...
+    def writer_lock(self, ttl: float | None = None) -> "WriterLock | ObjectLease": ...
 
 
 class LocalLocation:
@@ -183,6 +290,9 @@ class LocalLocation:
         self.root = path
         self.display = str(path)
         self.zarr_store: ZarrStore = DurableLocalStore(path, read_only=not writable)
+
+    def writer_lock(self, ttl: float | None = None) -> WriterLock:
+        return WriterLock(self.root)
 
     def exists(self) -> bool:
         return self.root.exists()
@@ -212,20 +322,31 @@ class LocalLocation:
         return {n for n in names if not n.endswith(PARTIAL_SUFFIX)}
 
 
+WRITABLE_SCHEMES = ("s3://",)  # object stores with conditional writes, which the writer lease needs
+
+
 class UrlLocation:
-    """A store reached through fsspec (object storage, ``memory://``, ``file://``), read-only."""
+    """A store reached through fsspec (object storage, ``memory://``, ``file://``);
+    writable on ``s3://`` (any S3-compatible server; endpoint and keys from the usual
+    ``AWS_*`` environment variables)."""
 
     def __init__(self, url: str, writable: bool):
-        if writable:
+        if writable and not url.startswith(WRITABLE_SCHEMES):
             raise ValueError(
-                f"store {url!r} is a URL; URLs are opened read-only here, write to a local path and upload it."
+                f"store {url!r} is a URL that is opened read-only here: writing needs s3:// (conditional writes "
+                f"keep one writer) or a local path; write to one of those, or open this one read-only."
             )
+        if writable and importlib.util.find_spec("s3fs") is None:
+            raise ValueError(f"store {url!r} needs the s3fs package to write to object storage: pip install 'agent[io]'.")
         self.root = None
         self.display = url
         try:
-            self.zarr_store = FsspecStore.from_url(url, read_only=True)
+            self.zarr_store = FsspecStore.from_url(url, read_only=not writable)
         except Exception as exc:  # fsspec raises its own types for unknown protocols
             raise ValueError(f"cannot reach store {url!r}: {type(exc).__name__}: {exc}") from None
+
+    def writer_lock(self, ttl: float | None = None) -> "ObjectLease":
+        return ObjectLease(self, LEASE_SECONDS if ttl is None else ttl)
 
     def exists(self) -> bool:
         return self.read_bytes("zarr.json") is not None or bool(self.list_prefix(""))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.store.durable import PARTIAL_SUFFIX, WriterLock, location_for
+from agent.store.durable import PARTIAL_SUFFIX, location_for
 from agent.store.zarr_store import Store
 
 
@@ -29,8 +29,8 @@ def fsck(path: str | Path, repair: bool = True) -> dict:
                     "trimmed": {}, "stale_lock": None, "problems": []}
     root = location.root
     lock = None
-    if repair and root is not None and root.is_dir():
-        lock = WriterLock(root).acquire()  # refuses while a writer is active: its temp files are live
+    if repair and (root.is_dir() if root is not None else location.exists()):
+        lock = location.writer_lock().acquire()  # refuses while a writer is active: its temp files are live
         report["stale_lock"] = lock.stale_holder
     try:
         if root is not None and root.is_dir():

@@ -52,7 +52,8 @@ from numcodecs import Blosc, Zstd
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from agent.store.durable import DurableLocalStore, LocalLocation, UrlLocation, WriterLock, location_for
+from agent.store.durable import (DurableLocalStore, LeaseLost, LocalLocation, ObjectLease, UrlLocation, WriterLock,
+                                 location_for)
 
 FORMAT = "agent-store"
 VERSION = 2
@@ -141,7 +142,7 @@ class Store:
     context manager) to release the writer lock."""
 
     def __init__(self, location: LocalLocation | UrlLocation, group: zarr.Group, writable: bool,
-                 commit: dict, lock: WriterLock | None = None):
+                 commit: dict, lock: WriterLock | ObjectLease | None = None):
         self.location = location
         self.path = location.display
         self.group = group
@@ -160,7 +161,7 @@ class Store:
                sim_state_dims: dict[str, int | tuple[int, ...]] | None = None,
                image_shapes: dict[str, tuple[int, ...]] | None = None,
                extra_attrs: dict | None = None) -> "Store":
-        """A new, empty store at ``path`` (a local directory), open for writing.
+        """A new, empty store at ``path`` (a local directory or an ``s3://`` URL), open for writing.
 
         ``sim_state_dims`` maps state names to their per-step size (an int, or a row
         shape); a size of 0 is allowed (a task with nothing to restore) and stores no
@@ -168,11 +169,9 @@ class Store:
         stored one frame per chunk under ``data/images/<camera>``.
         """
         location = location_for(path, writable=True)
-        if not isinstance(location, LocalLocation):
-            raise ValueError(f"cannot create a store at {str(path)!r}: stores are created on a local path.")
-        root_path = location.root
-        if root_path.exists() and any(root_path.iterdir()):
-            raise ValueError(f"cannot create a store at {str(root_path)!r}: the directory exists and is not empty.")
+        if location_has_data(location):
+            what = "the directory exists and is not empty" if location.root is not None else "objects already exist under it"
+            raise ValueError(f"cannot create a store at {location.display!r}: {what}; choose a new path or open it with mode='a'.")
         obs_dim = int(np.prod(observation_space.shape))
         act_dim = int(np.prod(action_space.shape))
         arrays: dict[str, dict] = {
@@ -197,8 +196,9 @@ class Store:
                                                  "per": "episode"}
         for name, dtype in _EPISODE_COLUMNS.items():
             arrays[f"meta/episodes/{name}"] = {"dtype": _dtype_name(dtype), "row": [], "per": "episode"}
-        root_path.mkdir(parents=True, exist_ok=True)  # after every check: a refused layout leaves nothing behind
-        lock = WriterLock(root_path).acquire()
+        if location.root is not None:
+            location.root.mkdir(parents=True, exist_ok=True)  # after every check: a refused layout leaves nothing behind
+        lock = location.writer_lock().acquire()
         try:
             root = zarr.create_group(location.zarr_store, zarr_format=3)
             root.attrs.update({
@@ -228,12 +228,18 @@ class Store:
             raise
         return store
 
+    @staticmethod
+    def holds_data(path: str | Path) -> bool:
+        """Whether anything (a store or other files) is at ``path``, a local path or a URL."""
+        return location_has_data(location_for(path, writable=False))
+
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r", *, lock: WriterLock | None = None) -> "Store":
+    def open(cls, path: str | Path, mode: str = "r", *, lock: WriterLock | ObjectLease | None = None) -> "Store":
         """Open a store on a local path or a URL (``memory://``, ``file://``, ``s3://``...).
 
-        ``mode='r'`` reads the committed episodes; ``mode='a'`` also takes the writer
-        lock (local paths only), or uses ``lock`` when the caller already holds it.
+        ``mode='r'`` reads the committed episodes; ``mode='a'`` (local paths and
+        ``s3://``) also takes the writer lock, or uses ``lock`` when the caller already
+        holds it.
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}.")
@@ -255,8 +261,8 @@ class Store:
         if version != VERSION:
             raise ValueError(f"store {where!r} has schema version {version!r}; this agent reads version {VERSION} "
                              f"(re-create it with `agent collect` or `agent import`).")
-        if mode == "a" and location.root is not None and lock is None:
-            lock = WriterLock(location.root).acquire()  # before the commit record: a writer appends to the latest
+        if mode == "a" and lock is None:
+            lock = location.writer_lock().acquire()  # before the commit record: a writer appends to the latest
         try:
             commit = _read_commit(location, where)
             _check_arrays(location, attrs, commit, where)
@@ -275,7 +281,10 @@ class Store:
         """Trim arrays to the committed length (they grow ahead in whole chunks while
         writing) and release the writer lock."""
         if self._lock is not None and self.writable:
-            self.trim_to_commit()
+            try:
+                self.trim_to_commit()
+            except LeaseLost:
+                pass  # another writer holds the store now: its arrays are not this one's to trim
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -423,6 +432,8 @@ class Store:
         index = self.num_episodes
         ep = self._validate(episode, index)
         columns = self._validate_attrs(attrs, index, ep, episode)
+        if self._lock is not None:
+            self._lock.renew()  # on object storage: stop here, before any row is written, if the lease was taken
         length = ep["obs"].shape[0]
         start, end = self.num_steps, self.num_steps + length
         writes: list[tuple[str, int, np.ndarray]] = [(f"data/{k}", start, ep[k]) for k in STEP_KEYS]
@@ -575,6 +586,8 @@ class Store:
             zstore.flush()  # data and array metadata are on disk before the record points at them
         if "meta" not in self._handles:
             self._handles["meta"] = self.group["meta"]
+        if self._lock is not None:
+            self._lock.renew()  # the record is published only by the writer that still holds the store
         self._handles["meta"].attrs["commit"] = record
         if isinstance(zstore, DurableLocalStore):
             zstore.flush()
@@ -584,6 +597,8 @@ class Store:
         """Cut every array back to its committed length; returns rows removed per key."""
         if not self.writable:
             raise ValueError(f"store {self.path!r} was opened read-only; fsck needs mode='a'.")
+        if self._lock is not None:
+            self._lock.renew()
         trimmed = {}
         for key in self.array_specs:
             arr = self._array(key)
@@ -598,6 +613,13 @@ class Store:
 
 
 # -- checks on open -------------------------------------------------------------------
+
+
+def location_has_data(location: LocalLocation | UrlLocation) -> bool:
+    """Whether anything (a store or other files) is already at the location."""
+    if location.root is not None:
+        return location.root.exists() and any(location.root.iterdir())
+    return bool(location.list_prefix(""))
 
 
 def _root_attrs_for_digest(attrs: dict) -> dict:
