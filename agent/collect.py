@@ -4,7 +4,8 @@ Episode i is reset with ``seed + i`` and its action noise comes from a generator
 seeded by ``(seed, i)``, so a dataset does not depend on how many worker processes
 collected it. With ``num_envs`` K > 1, K subprocesses roll out episodes i = k, k + K, ...
 and send each finished episode back to this process, the store's one writer, which
-appends them in episode order.
+appends them in episode order; with ``ray`` the same is done by ``actors`` Ray actors
+(:mod:`agent.distributed.collect`).
 
 Running a recipe again into the same store continues it: its episodes carry the
 recipe's hash (:func:`recipe_hash`: the config less the episode count, output, worker
@@ -29,7 +30,7 @@ import queue as queue_module
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +59,8 @@ class CollectConfig:
     quality: str = option("", "quality tag stored with each episode (random, medium, expert, mixed, replay, ...)")
     save_sim_state: bool = option(True, "store info['sim_state'] at every step (exact physics restore)")
     num_envs: int = option(1, "episodes are rolled out in this many subprocesses; this process alone writes the store", min=1)
+    ray: str = option("", "roll out on Ray actors instead: 'local' (a cluster started here), 'auto' (the cluster this machine is in) or the head's address; this process alone writes the store")
+    actors: int = option(2, "with --ray: how many actors roll out episodes (each an env and the policy)", min=1)
     video: str = option("", "write the first video_episodes episodes to this .mp4 (rendered headless)")
     video_episodes: int = option(1, "how many episodes --video shows", min=1)
     out: str = option("", "store path; created if missing, appended to if it is a store of the same env")
@@ -68,7 +71,7 @@ def config_hash(cfg) -> str:
 
 
 # fields that say how many episodes a run makes, where and how fast, not which: runs differing in them continue one recipe
-RUN_FIELDS = ("episodes", "num_envs", "video", "video_episodes", "out")
+RUN_FIELDS = ("episodes", "num_envs", "ray", "actors", "video", "video_episodes", "out")
 
 
 def recipe_hash(cfg: CollectConfig) -> str:
@@ -129,6 +132,8 @@ def _check(cfg: CollectConfig) -> None:
         raise ValueError(f"--episodes must be at least 1, got {cfg.episodes}.")
     if cfg.num_envs < 1:
         raise ValueError(f"--num-envs must be at least 1, got {cfg.num_envs}.")
+    if cfg.ray and cfg.num_envs > 1:
+        raise ValueError(f"--ray and --num-envs {cfg.num_envs} both choose who rolls out; give one (--actors N with --ray).")
     for value, end, name in ((cfg.noise, cfg.noise_end, "noise"), (cfg.epsilon, cfg.epsilon_end, "epsilon")):
         if value < 0 or (end is not None and end < 0):
             raise ValueError(f"{name} and {name}_end must be >= 0, got {value} and {end}.")
@@ -276,7 +281,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
     env = make_env(cfg.env)
     store: Store | None = None
     before = first = 0
-    episodes: Iterator[tuple[int, dict]] = iter(())
+    episodes: Iterable[tuple[int, dict]] = ()
     closed = False
     try:
         policies = EpisodePolicies(cfg, env)
@@ -284,7 +289,11 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
         store = open_or_create(cfg.out, cfg.env, env, info.get("sim_state") if cfg.save_sim_state else None)
         before, first = store.num_episodes, first_index(store, cfg)
         sim_keys = store.sim_state_keys()
-        if cfg.num_envs > 1:
+        if cfg.ray:
+            from agent.distributed.collect import RayEpisodes
+
+            episodes = RayEpisodes(cfg, sim_keys, first)
+        elif cfg.num_envs > 1:
             episodes = _episodes_from_workers(cfg, sim_keys, first)
         else:
             episodes = ((i, rollout_episode(env, policies.for_episode(i, first), cfg.seed + first + i, sim_keys))
