@@ -31,6 +31,7 @@ SIM_DRIVER_PARAMETERS = {
     "trajectory_topic": ("--trajectory-topic", "/joint_trajectory_controller/joint_trajectory"),
     "object_pose_topic": ("--object-pose-topic", "/object_pose"),
     "stale_timeout": ("--stale-timeout", 0.5),
+    "transport": ("--transport", "auto"),
 }
 """sim_driver's parameters; ``control_rate`` is accepted as another name for ``rate``."""
 
@@ -44,8 +45,11 @@ FINETUNE_ENV_KWARGS = {
     "joint_states_topic": "joint_states_topic", "command_topic": "command_topic",
     "trajectory_topic": "trajectory_topic", "object_pose_topic": "object_pose_topic",
     "estop_topic": "estop_topic", "intervention_topic": "intervention_topic", "status_topic": "status_topic",
+    "transport": "transport",
 }
 """finetune_node parameters passed to the robot env through ``--env-kwargs`` (empty values are left out)."""
+
+TRANSPORTS = ("auto", "dds", "rclpy")
 
 
 def parse_node_args(argv: list[str], node_name: str) -> dict[str, Any]:
@@ -135,6 +139,12 @@ def _check_known(params: dict[str, Any], known: set[str], node: str) -> None:
         raise ValueError(f"{node} takes the parameters {', '.join(sorted(known))}, found unknown {', '.join(unknown)}.")
 
 
+def _check_transport(params: dict[str, Any], node: str) -> None:
+    value = params.get("transport")
+    if _given(value) and value not in TRANSPORTS:
+        raise ValueError(f"{node}'s transport must be one of {', '.join(TRANSPORTS)}, found {value!r}.")
+
+
 def _given(value: Any) -> bool:
     return value is not None and value != ""
 
@@ -146,6 +156,7 @@ def sim_driver_argv(argv: list[str]) -> list[str]:
     if "control_rate" in params and "rate" not in params:
         params["rate"] = params.pop("control_rate")
     params.pop("control_rate", None)
+    _check_transport(params, "sim_driver")
     out = ["robot", "sim-driver"]
     for name, (flag, default) in SIM_DRIVER_PARAMETERS.items():
         value = params.get(name, default)
@@ -158,6 +169,7 @@ def finetune_argv(argv: list[str]) -> list[str]:
     """``agent finetune --env robot/Arm<Task>-v0 ...`` for the finetune_node node's arguments."""
     params = parse_node_args(argv, "finetune_node")
     _check_known(params, set(FINETUNE_FLAGS) | set(FINETUNE_ENV_KWARGS) | {"task"}, "finetune_node")
+    _check_transport(params, "finetune_node")
     task = params.get("task", "reach")
     if task not in TASKS:
         raise ValueError(f"finetune_node's task must be one of {', '.join(TASKS)}, found {task!r}.")

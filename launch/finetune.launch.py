@@ -45,6 +45,7 @@ ARGUMENTS = {
     "intervention_topic": "std_msgs/Float64MultiArray operator actions",
     "status_topic": "agent status for the operator",
     "stale_timeout": "seconds without a command before the simulated arm holds position",
+    "transport": "auto (rclpy when it loads in the nodes' Python, else Cyclone DDS), dds or rclpy",
 }
 
 # which node each argument goes to, under which parameter name
@@ -52,12 +53,12 @@ FINETUNE_PARAMETERS = {
     "algo": "algo", "init": "init", "steps": "steps", "out": "out", "task": "task", "control_rate": "control_rate",
     "domain_id": "domain_id", "joint_states_topic": "joint_states_topic", "command_topic": "command_topic",
     "trajectory_topic": "trajectory_topic", "object_pose_topic": "object_pose_topic", "estop_topic": "estop_topic",
-    "intervention_topic": "intervention_topic", "status_topic": "status_topic",
+    "intervention_topic": "intervention_topic", "status_topic": "status_topic", "transport": "transport",
 }
 SIM_PARAMETERS = {
     "task": "task", "control_rate": "rate", "domain_id": "domain_id", "joint_states_topic": "joint_states_topic",
     "command_topic": "command_topic", "trajectory_topic": "trajectory_topic",
-    "object_pose_topic": "object_pose_topic", "stale_timeout": "stale_timeout",
+    "object_pose_topic": "object_pose_topic", "stale_timeout": "stale_timeout", "transport": "transport",
 }
 
 

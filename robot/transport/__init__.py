@@ -1,13 +1,17 @@
 """Transports between the bridge and ROS 2: rclpy, Cyclone DDS (pip-only), or in-process.
 
-``make_transport("auto")`` picks rclpy when a ROS 2 installation is importable and the
-Cyclone DDS transport otherwise; both put the same bytes on the same DDS topics, so the
-other side cannot tell them apart. ``"local"`` is an in-process bus for unit tests.
+``make_transport("auto")`` picks rclpy when a ROS 2 installation loads in this
+interpreter and the Cyclone DDS transport otherwise (with a one-line notice when rclpy is
+on the path but cannot load, e.g. a ROS 2 built for another Python version); both put the
+same bytes on the same DDS topics, so the other side cannot tell them apart. ``"local"``
+is an in-process bus for unit tests.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import sys
 
 from robot.transport.base import (COMMAND, LATCHED, RELIABLE, SENSOR_DATA, Publisher, QoS, Subscription,
                                   Transport)
@@ -15,7 +19,7 @@ from robot.transport.base import (COMMAND, LATCHED, RELIABLE, SENSOR_DATA, Publi
 KINDS = ("auto", "dds", "rclpy", "local")
 MAX_DOMAIN_ID = 232  # the largest id whose ports fit in 16 bits with the default port mapping
 
-__all__ = ["COMMAND", "KINDS", "LATCHED", "RELIABLE", "SENSOR_DATA", "Publisher", "QoS", "Subscription", "rclpy_available",
+__all__ = ["COMMAND", "KINDS", "LATCHED", "RELIABLE", "SENSOR_DATA", "Publisher", "QoS", "Subscription", "rclpy_available", "rclpy_status",
            "Transport", "make_transport", "resolve_domain_id"]
 
 
@@ -36,8 +40,21 @@ def resolve_domain_id(domain_id: int | None = None) -> int:
     return domain_id
 
 
+def rclpy_status() -> tuple[bool, str]:
+    """(usable, why not): rclpy is on the path *and* imports in this interpreter."""
+    if importlib.util.find_spec("rclpy") is None:
+        return False, "needs a sourced ROS 2 installation (import rclpy), found none"
+    try:
+        importlib.import_module("rclpy")
+    except Exception as exc:  # a ROS 2 for another Python raises ImportError, a broken one anything
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return False, f"found rclpy, but it cannot load in Python {version} ({type(exc).__name__}: {first_line})"
+    return True, ""
+
+
 def rclpy_available() -> bool:
-    return importlib.util.find_spec("rclpy") is not None
+    return rclpy_status()[0]
 
 
 def make_transport(kind: str = "auto", domain_id: int | None = None, node_name: str = "agent") -> Transport:
@@ -46,15 +63,19 @@ def make_transport(kind: str = "auto", domain_id: int | None = None, node_name: 
         raise ValueError(f"Transport kind must be one of {', '.join(KINDS)}, found {kind!r}.")
     domain = resolve_domain_id(domain_id)
     if kind == "auto":
-        kind = "rclpy" if rclpy_available() else "dds"
+        usable, why = rclpy_status()
+        if not usable and importlib.util.find_spec("rclpy") is not None:
+            print(f"transport auto: {why}; using the Cyclone DDS transport instead.", file=sys.stderr, flush=True)
+        kind = "rclpy" if usable else "dds"
     if kind == "local":
         from robot.transport.local import LocalTransport
         return LocalTransport(domain, node_name)
     if kind == "rclpy":
-        if not rclpy_available():
+        usable, why = rclpy_status()
+        if not usable:
             raise RuntimeError(
-                "Transport 'rclpy' needs a sourced ROS 2 installation (import rclpy), found none; "
-                "source /opt/ros/<distro>/setup.bash or use kind 'dds'."
+                f"Transport 'rclpy' {why}; source /opt/ros/<distro>/setup.bash in a shell of the Python ROS 2 was "
+                f"built for, or use kind 'dds'."
             )
         from robot.transport.rclpy_transport import RclpyTransport
         return RclpyTransport(domain, node_name)

@@ -112,7 +112,7 @@ def test_launch_file_declares_the_arguments_and_starts_installed_executables():
     arguments = _module_constant(LAUNCH, "ARGUMENTS")
     assert {"use_sim", "algo", "init", "steps", "out", "task", "control_rate", "domain_id", "joint_states_topic",
             "command_topic", "trajectory_topic", "object_pose_topic", "estop_topic", "intervention_topic",
-            "status_topic"} <= arguments.keys()
+            "status_topic", "transport"} <= arguments.keys()
     setup_nodes = _module_constant(REPO / "setup.py", "NODES")
     assert _module_constant(LAUNCH, "FINETUNE_EXECUTABLE") in setup_nodes
     assert _module_constant(LAUNCH, "SIM_EXECUTABLE") in setup_nodes
@@ -139,9 +139,10 @@ def test_parameter_file_is_understood_by_both_nodes_and_the_cli(tmp_path):
     assert dict(kv.split("=", 1) for kv in args.env_kwargs) == {
         "rate": "20.0", "joint_states_topic": "/joint_states", "command_topic": "/forward_position_controller/commands",
         "trajectory_topic": "/joint_trajectory_controller/joint_trajectory", "object_pose_topic": "/object_pose",
-        "estop_topic": "/agent/estop", "intervention_topic": "/agent/intervention", "status_topic": "/agent/status"}
+        "estop_topic": "/agent/estop", "intervention_topic": "/agent/intervention", "status_topic": "/agent/status",
+        "transport": "auto"}
     args = parse_cli(sim)
-    assert (args.task, args.rate, args.stale_timeout, args.domain_id) == ("reach", 20.0, 0.5, None)
+    assert (args.task, args.rate, args.stale_timeout, args.domain_id, args.transport) == ("reach", 20.0, 0.5, None, "auto")
 
 
 # -- argument translation of the nodes -------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_sim_driver_translates_ros_parameters_into_the_cli():
                     "--joint-states-topic", "/arm/joint_states",
                     "--command-topic", "/forward_position_controller/commands",
                     "--trajectory-topic", "/joint_trajectory_controller/joint_trajectory",
-                    "--object-pose-topic", "/object_pose", "--stale-timeout", "0.25"]
+                    "--object-pose-topic", "/object_pose", "--stale-timeout", "0.25", "--transport", "auto"]
     args = parse_cli(argv)
     assert (args.task, args.rate, args.domain_id, args.stale_timeout) == ("push", 50.0, 7, 0.25)
 
@@ -180,6 +181,8 @@ def test_finetune_node_translates_flags_and_parameters_with_precedence(tmp_path)
         (nodes.sim_driver_argv, ["push"], "must be --name value flags or --ros-args ..., found 'push'"),
         (nodes.sim_driver_argv, ["--ros-args", "--params-file", "/nonexistent.yaml"], "must be readable YAML"),
         (nodes.finetune_argv, ["--command-topic", "/a,b"], "must not contain ','"),
+        (nodes.finetune_argv, ["--ros-args", "-p", "transport:=zenoh"], "transport must be one of auto, dds, rclpy, found 'zenoh'"),
+        (nodes.sim_driver_argv, ["--ros-args", "-p", "transport:=rcl"], "sim_driver's transport must be one of"),
     ],
 )
 def test_bad_node_arguments_are_one_clear_error(function, argv, message):

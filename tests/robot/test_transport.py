@@ -206,6 +206,25 @@ def test_rclpy_kind_without_ros_is_a_one_line_error():
     assert "\n" not in message and "needs a sourced ROS 2 installation" in message and "'dds'" in message
 
 
+@pytest.mark.skipif(rclpy_available(), reason="rclpy loads here")
+def test_auto_falls_back_to_dds_when_rclpy_is_found_but_cannot_load(tmp_path, monkeypatch, capsys):
+    """A ROS 2 built for another Python on PYTHONPATH: find_spec finds rclpy, importing it fails."""
+    fake = tmp_path / "rclpy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'rclpy._rclpy_pybind11'\\n"
+                                      "The C extension '_rclpy_pybind11.cpython-312-x86_64-linux-gnu.so' isn't present\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rclpy", raising=False)
+    with make_transport("auto", random_domain()) as transport:
+        assert transport.kind == "dds"
+    notice = capsys.readouterr().err
+    assert notice.count("\n") == 1 and "found rclpy, but it cannot load in Python 3." in notice
+    assert "_rclpy_pybind11" in notice and "using the Cyclone DDS transport instead" in notice
+    with pytest.raises(RuntimeError, match="Transport 'rclpy' found rclpy, but it cannot load") as info:
+        make_transport("rclpy")
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.skipif(not rclpy_available(), reason="needs a ROS 2 installation (rclpy)")
 def test_rclpy_transport_talks_to_the_dds_transport():
     domain = random_domain()
