@@ -189,6 +189,29 @@ def finetune_argv(argv: list[str]) -> list[str]:
     return out
 
 
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def check_launch_arguments(params_file: str, use_sim: str) -> bool:
+    """What ``finetune.launch.py`` checks before it starts a node (launch_ros would only warn
+    about a missing parameter file and start the nodes on built-in defaults): the file is
+    readable YAML whose node sections hold only parameters the nodes know, and ``use_sim``
+    is a boolean word. Returns ``use_sim``; a problem is one ValueError sentence."""
+    word = use_sim.strip().lower()
+    if word not in BOOLEAN_WORDS:
+        raise ValueError(f"use_sim must be true or false, found {use_sim!r}.")
+    if not Path(params_file).is_file():
+        raise ValueError(f"params_file {params_file!r} does not exist or is not a file; pass the path of a ROS 2 "
+                         f"parameter file (the default is share/agent/config/finetune.yaml).")
+    known = {"finetune_node": set(FINETUNE_FLAGS) | set(FINETUNE_ENV_KWARGS) | {"task"},
+             "sim_driver": set(SIM_DRIVER_PARAMETERS) | {"control_rate"}}
+    for node, names in known.items():
+        params = _params_file(params_file, node)
+        _check_known(params, names, f"{node} (in {params_file})")
+        _check_transport(params, node)
+    return BOOLEAN_WORDS[word]
+
+
 def _usage(node: str, parameters: list[str], command: str) -> str:
     return (f"usage: {node} [--NAME VALUE ...] [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n"
             f"ROS 2 node that runs `agent {command}`; parameters: {', '.join(parameters)}.\n")

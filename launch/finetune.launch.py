@@ -9,7 +9,11 @@ e.g.::
     ros2 launch agent finetune.launch.py use_sim:=true init:=runs/calql-reach steps:=10000
     ros2 launch agent finetune.launch.py params_file:=my_robot.yaml domain_id:=7
 
-When finetune_node exits, the whole launch shuts down.
+When finetune_node exits, the whole launch shuts down. If it failed (a non-zero exit
+code), the launch says so and ``ros2 launch`` exits with status 1: the launch service
+returns 1 when an action raises, and the exit handler raises for a failed fine-tuning. A
+missing or malformed ``params_file``, a parameter no node knows, or a ``use_sim`` that is
+not true/false stops the launch the same way, before any node starts.
 """
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ import os
 import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from agent.nodes import check_launch_arguments
 
 PACKAGE = "agent"
 FINETUNE_EXECUTABLE = "finetune_node"
@@ -71,16 +78,27 @@ def _overrides(context, mapping: dict[str, str]) -> dict:
     return values
 
 
+def _failed(context, code: int):
+    raise RuntimeError(f"{FINETUNE_EXECUTABLE} failed with exit code {code} (its error is printed above); "
+                       f"the launch stops")
+
+
+def _on_finetune_exit(event, context):
+    """A finished fine-tuning ends the launch; a failed one ends it with an error (status 1)."""
+    if event.returncode == 0:
+        return [Shutdown(reason="fine-tuning finished")]
+    return [OpaqueFunction(function=_failed, args=[event.returncode])]
+
+
 def _nodes(context):
     params_file = LaunchConfiguration("params_file").perform(context)
+    use_sim = check_launch_arguments(params_file, LaunchConfiguration("use_sim").perform(context))
     domain_id = LaunchConfiguration("domain_id").perform(context)
     env = {"ROS_DOMAIN_ID": domain_id} if domain_id else {}
-    nodes = [
-        Node(package=PACKAGE, executable=FINETUNE_EXECUTABLE, name=FINETUNE_EXECUTABLE, output="screen",
-             parameters=[params_file, _overrides(context, FINETUNE_PARAMETERS)], additional_env=env,
-             on_exit=Shutdown(reason="fine-tuning finished")),
-    ]
-    if LaunchConfiguration("use_sim").perform(context).strip().lower() in ("true", "1", "yes"):
+    finetune = Node(package=PACKAGE, executable=FINETUNE_EXECUTABLE, name=FINETUNE_EXECUTABLE, output="screen",
+                    parameters=[params_file, _overrides(context, FINETUNE_PARAMETERS)], additional_env=env)
+    nodes = [finetune, RegisterEventHandler(OnProcessExit(target_action=finetune, on_exit=_on_finetune_exit))]
+    if use_sim:
         nodes.append(
             Node(package=PACKAGE, executable=SIM_EXECUTABLE, name=SIM_EXECUTABLE, output="screen",
                  parameters=[params_file, _overrides(context, SIM_PARAMETERS)], additional_env=env))
