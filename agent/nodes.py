@@ -7,12 +7,15 @@ from all of those places (plain ``--name value`` flags too), translate them into
 Precedence, lowest first: parameter files, ``-p`` parameters, plain flags.
 
 A parameter the node does not know is an error (a typo would otherwise be ignored);
-``use_sim_time`` is accepted and ignored because launch files commonly pass it.
+``use_sim_time`` is accepted and ignored because launch files commonly pass it. Topic
+parameters are resolved as ROS 2 resolves names (``-r __ns:=``, ``-r __node:=``, remap
+rules), so the agent command line carries the final absolute names for either transport.
 """
 from __future__ import annotations
 
 import fnmatch
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ SIM_DRIVER_PARAMETERS = {
     "command_topic": ("--command-topic", "/forward_position_controller/commands"),
     "trajectory_topic": ("--trajectory-topic", "/joint_trajectory_controller/joint_trajectory"),
     "object_pose_topic": ("--object-pose-topic", "/object_pose"),
+    "reset_topic": ("--reset-topic", "/agent/reset_objects"),
+    "status_topic": ("--status-topic", "/sim_driver/status"),
     "stale_timeout": ("--stale-timeout", 0.5),
     "transport": ("--transport", "auto"),
 }
@@ -45,15 +50,65 @@ FINETUNE_ENV_KWARGS = {
     "joint_states_topic": "joint_states_topic", "command_topic": "command_topic",
     "trajectory_topic": "trajectory_topic", "object_pose_topic": "object_pose_topic",
     "estop_topic": "estop_topic", "intervention_topic": "intervention_topic", "status_topic": "status_topic",
-    "transport": "transport",
+    "reset_topic": "reset_topic", "transport": "transport",
 }
 """finetune_node parameters passed to the robot env through ``--env-kwargs`` (empty values are left out)."""
 
 TRANSPORTS = ("auto", "dds", "rclpy")
 
 
+def env_topic_defaults() -> dict[str, str]:
+    """The robot env's topic parameters and their defaults, read from its signature."""
+    import inspect
+
+    from robot.env import RobotArmEnv
+
+    return {name: p.default for name, p in inspect.signature(RobotArmEnv.__init__).parameters.items()
+            if name.endswith("_topic")}
+
+
+@dataclass
+class NodeArgs:
+    """A node's command line: its parameters, and the ROS names it runs under."""
+
+    params: dict[str, Any]
+    node_name: str
+    namespace: str = "/"
+    remaps: list[tuple[str, str, str | None]] = field(default_factory=list)  # (from, to, only this node or None)
+
+    def topic(self, name: str) -> str:
+        """``name`` as this node sees it on the graph: resolved against the namespace and node
+        name as ROS 2 resolves names, then remapped by the first rule whose resolved source
+        matches (node-specific rules ``node:from:=to`` only for this node)."""
+        resolved = resolve_name(name, self.namespace, self.node_name)
+        for source, target, node in self.remaps:
+            if node in (None, self.node_name) and resolve_name(source, self.namespace, self.node_name) == resolved:
+                return resolve_name(target, self.namespace, self.node_name)
+        return resolved
+
+
+def resolve_name(name: str, namespace: str, node_name: str) -> str:
+    """ROS 2 name resolution: ``/x`` stays, ``x`` goes under the namespace, ``~/x`` under the node."""
+    if not name or name.endswith("/") or "//" in name or not all(c.isalnum() or c in "_/~{}" for c in name):
+        raise ValueError(f"{name!r} is not a valid ROS 2 topic name (letters, digits, _ and / separators; may start with ~/).")
+    if name.startswith("/"):
+        return name
+    ns = namespace.rstrip("/")
+    if name == "~" or name.startswith("~/"):
+        return f"{ns}/{node_name}{name[1:]}"
+    return f"{ns}/{name}"
+
+
 def parse_node_args(argv: list[str], node_name: str) -> dict[str, Any]:
     """The parameters in a node's command line: parameter files, ``-p name:=value``, plain flags."""
+    return parse_node(argv, node_name).params
+
+
+def parse_node(argv: list[str], node_name: str) -> NodeArgs:
+    """Parameters (parameter files, ``-p name:=value``, plain flags; later ones win) and ROS
+    names (``-r __node:=``, ``-r __ns:=``, remap rules ``[node:]from:=to``)."""
+    namespace = "/"
+    remaps: list[tuple[str, str, str | None]] = []
     from_files: dict[str, Any] = {}
     from_ros: dict[str, Any] = {}
     from_flags: dict[str, Any] = {}
@@ -73,8 +128,15 @@ def parse_node_args(argv: list[str], node_name: str) -> dict[str, Any]:
                 i += 1
             elif arg in ("-r", "--remap"):
                 name, val = _assignment(value, arg)
-                if name == "__node":
+                only, _, bare = name.rpartition(":") if ":" in name.lstrip("~") else ("", "", name)
+                if bare in ("__node", "__name"):
                     node_name = val
+                elif bare == "__ns":
+                    if not val.startswith("/"):
+                        raise ValueError(f"-r __ns:= must be an absolute namespace (starting with /), found {val!r}.")
+                    namespace = val
+                else:
+                    remaps.append((bare, val, only or None))
                 i += 1
             elif arg == "--params-file":
                 if value is None:
@@ -99,7 +161,7 @@ def parse_node_args(argv: list[str], node_name: str) -> dict[str, Any]:
         i += 1
     for path in files:
         from_files.update(_params_file(path, node_name))
-    return {**from_files, **from_ros, **from_flags}
+    return NodeArgs({**from_files, **from_ros, **from_flags}, node_name, namespace, remaps)
 
 
 def _assignment(text: str | None, option: str) -> tuple[str, str]:
@@ -151,7 +213,8 @@ def _given(value: Any) -> bool:
 
 def sim_driver_argv(argv: list[str]) -> list[str]:
     """``agent robot sim-driver ...`` for the sim_driver node's arguments."""
-    params = parse_node_args(argv, "sim_driver")
+    node = parse_node(argv, "sim_driver")
+    params = node.params
     _check_known(params, set(SIM_DRIVER_PARAMETERS) | {"control_rate"}, "sim_driver")
     if "control_rate" in params and "rate" not in params:
         params["rate"] = params.pop("control_rate")
@@ -160,6 +223,8 @@ def sim_driver_argv(argv: list[str]) -> list[str]:
     out = ["robot", "sim-driver"]
     for name, (flag, default) in SIM_DRIVER_PARAMETERS.items():
         value = params.get(name, default)
+        if name.endswith("_topic") and _given(value):
+            value = node.topic(str(value))
         if _given(value):
             out += [flag, str(value)]
     return out
@@ -167,7 +232,8 @@ def sim_driver_argv(argv: list[str]) -> list[str]:
 
 def finetune_argv(argv: list[str]) -> list[str]:
     """``agent finetune --env robot/Arm<Task>-v0 ...`` for the finetune_node node's arguments."""
-    params = parse_node_args(argv, "finetune_node")
+    node = parse_node(argv, "finetune_node")
+    params = node.params
     _check_known(params, set(FINETUNE_FLAGS) | set(FINETUNE_ENV_KWARGS) | {"task"}, "finetune_node")
     _check_transport(params, "finetune_node")
     task = params.get("task", "reach")
@@ -178,9 +244,12 @@ def finetune_argv(argv: list[str]) -> list[str]:
         if _given(params.get(name)):
             out += [flag, str(params[name])]
     env_kwargs = {}
+    for name, default in env_topic_defaults().items():  # a namespace or remap moves a default topic too
+        if not _given(params.get(name)) and node.topic(default) != default:
+            params[name] = default
     for name, kwarg in FINETUNE_ENV_KWARGS.items():
         if _given(params.get(name)):
-            value = str(params[name])
+            value = node.topic(str(params[name])) if name.endswith("_topic") else str(params[name])
             if "," in value:
                 raise ValueError(f"finetune_node's {name} must not contain ',' (it separates --env-kwargs), found {value!r}.")
             env_kwargs[kwarg] = value

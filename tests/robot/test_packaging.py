@@ -153,7 +153,8 @@ def test_sim_driver_translates_ros_parameters_into_the_cli():
                     "--joint-states-topic", "/arm/joint_states",
                     "--command-topic", "/forward_position_controller/commands",
                     "--trajectory-topic", "/joint_trajectory_controller/joint_trajectory",
-                    "--object-pose-topic", "/object_pose", "--stale-timeout", "0.25", "--transport", "auto"]
+                    "--object-pose-topic", "/object_pose", "--reset-topic", "/agent/reset_objects",
+                    "--status-topic", "/sim_driver/status", "--stale-timeout", "0.25", "--transport", "auto"]
     args = parse_cli(argv)
     assert (args.task, args.rate, args.domain_id, args.stale_timeout) == ("push", 50.0, 7, 0.25)
 
@@ -180,7 +181,7 @@ def test_finetune_node_translates_flags_and_parameters_with_precedence(tmp_path)
         (nodes.sim_driver_argv, ["--rate"], "Flag --rate must be followed by a value, found nothing"),
         (nodes.sim_driver_argv, ["push"], "must be --name value flags or --ros-args ..., found 'push'"),
         (nodes.sim_driver_argv, ["--ros-args", "--params-file", "/nonexistent.yaml"], "must be readable YAML"),
-        (nodes.finetune_argv, ["--command-topic", "/a,b"], "must not contain ','"),
+        (nodes.finetune_argv, ["--command-topic", "/a,b"], "'/a,b' is not a valid ROS 2 topic name"),
         (nodes.finetune_argv, ["--ros-args", "-p", "transport:=zenoh"], "transport must be one of auto, dds, rclpy, found 'zenoh'"),
         (nodes.sim_driver_argv, ["--ros-args", "-p", "transport:=rcl"], "sim_driver's transport must be one of"),
     ],
@@ -188,6 +189,30 @@ def test_finetune_node_translates_flags_and_parameters_with_precedence(tmp_path)
 def test_bad_node_arguments_are_one_clear_error(function, argv, message):
     with pytest.raises(ValueError, match=message):
         function(argv)
+
+
+def test_namespaces_remaps_and_node_names_move_the_topics_as_ros_2_resolves_them():
+    """What a node receives under PushRosNamespace('robot1') and SetRemap: relative names go
+    under the namespace, absolute ones stay unless a rule remaps them (first match wins;
+    ``node:from:=to`` only for that node)."""
+    argv = ["--ros-args", "-r", "__ns:=/robot1", "-r", "__node:=arm_learner",
+            "-r", "/joint_states:=/robot1/joint_states", "-r", "other_node:/agent/estop:=/nowhere",
+            "-r", "arm_learner:status:=~/status", "-p", "command_topic:=commands", "-p", "status_topic:=status"]
+    args = parse_cli(nodes.finetune_argv(argv))
+    kwargs = dict(kv.split("=", 1) for kv in args.env_kwargs)
+    assert kwargs["joint_states_topic"] == "/robot1/joint_states"  # remapped default
+    assert kwargs["command_topic"] == "/robot1/commands"  # relative: under the namespace
+    assert kwargs["status_topic"] == "/robot1/arm_learner/status"  # node-specific rule to a private name
+    assert "estop_topic" not in kwargs  # another node's rule; the absolute default stays
+    sim = parse_cli(nodes.sim_driver_argv(["--ros-args", "-r", "__ns:=/robot1", "-r", "/joint_states:=joint_states",
+                                           "-p", "command_topic:=commands"]))
+    assert (sim.joint_states_topic, sim.command_topic, sim.object_pose_topic) == (
+        "/robot1/joint_states", "/robot1/commands", "/object_pose")
+    assert nodes.resolve_name("~/x", "/", "n") == "/n/x" and nodes.resolve_name("x", "/", "n") == "/x"
+    with pytest.raises(ValueError, match="must be an absolute namespace"):
+        nodes.finetune_argv(["--ros-args", "-r", "__ns:=robot1"])
+    with pytest.raises(ValueError, match="is not a valid ROS 2 topic name"):
+        nodes.finetune_argv(["--ros-args", "-p", "command_topic:=a b"])
 
 
 def test_use_sim_time_from_launch_is_accepted():
