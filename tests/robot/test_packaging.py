@@ -47,22 +47,33 @@ def _module_constant(path: Path, name: str):
 
 
 # -- colcon build -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def colcon_install(tmp_path_factory):
+@pytest.fixture(scope="module", params=["copy", "symlink"])
+def colcon_build(request, tmp_path_factory):
+    """``colcon build``, and ``colcon build --symlink-install`` (setup.py develop in the build
+    space, which sees neither pyproject.toml nor install_scripts unless setup.py sees to it):
+    (install dir, PYTHONPATH the install's hooks would set)."""
     if importlib.util.find_spec("colcon_core") is None or importlib.util.find_spec("colcon_ros") is None:
         pytest.skip("colcon-core and colcon-ros are not installed (pip install -e '.[test]')")
-    base = tmp_path_factory.mktemp("colcon")
+    base = tmp_path_factory.mktemp(f"colcon-{request.param}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("AMENT_PREFIX_PATH", None)
     colcon = [sys.executable, "-c", "import sys; from colcon_core.command import main; sys.exit(main())"]
     cmd = colcon + ["--log-base", str(base / "log"), "build", "--base-paths", str(REPO),
                     "--build-base", str(base / "build"), "--install-base", str(base / "install"),
-                    "--event-handlers", "console_direct+"]
+                    "--event-handlers", "console_direct+"] + (["--symlink-install"] if request.param == "symlink" else [])
     result = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Finished <<< agent" in result.stdout + result.stderr
     assert "doesn't explicitly install" not in result.stdout + result.stderr  # marker and manifest are ours
-    return base / "install" / "agent"
+    install = base / "install" / "agent"
+    site = next((install / "lib").glob("python3*/site-packages"))
+    path = str(site) if request.param == "copy" else os.pathsep.join([str(base / "build" / "agent"), str(site)])
+    return install, path
+
+
+@pytest.fixture(scope="module")
+def colcon_install(colcon_build):
+    return colcon_build[0]
 
 
 def test_colcon_build_installs_the_ament_layout(colcon_install):
@@ -75,14 +86,19 @@ def test_colcon_build_installs_the_ament_layout(colcon_install):
     for name in EXECUTABLES:
         exe = colcon_install / "lib" / "agent" / name
         assert exe.is_file() and os.access(exe, os.X_OK), exe
-    site = next((colcon_install / "lib").glob("python3*/site-packages"))
+    site = next(Path(p) for p in colcon_build_path(colcon_install) if (Path(p) / "agent").exists())
     assert (site / "robot" / "config" / "cyclonedds.xml").is_file()  # package data travels
     assert (site / "agent" / "nodes.py").is_file() and (site / "sims" / "arm" / "arm.xml").is_file()
 
 
-def test_installed_node_executables_run_from_the_install_tree(colcon_install):
-    site = next((colcon_install / "lib").glob("python3*/site-packages"))
-    env = {**os.environ, "PYTHONPATH": str(site)}
+def colcon_build_path(install: Path) -> list[str]:
+    build = install.parents[1] / "build" / "agent"
+    return [str(build), *map(str, (install / "lib").glob("python3*/site-packages"))]
+
+
+def test_installed_node_executables_run_from_the_install_tree(colcon_build):
+    colcon_install, path = colcon_build
+    env = {**os.environ, "PYTHONPATH": path}
     for name, command in (("sim_driver", "agent robot sim-driver"), ("finetune_node", "agent finetune")):
         exe = colcon_install / "lib" / "agent" / name
         ok = subprocess.run([str(exe), "--help"], env=env, capture_output=True, text=True, timeout=60)
