@@ -50,6 +50,9 @@ STAMP_LABEL = "stamp_ns="
 """Prefix of the layout dimension label that carries a command's send time (wall clock,
 ns); a ros2_control forward controller reads only ``data`` and ignores the layout."""
 STATE_JOINTS = (*kinematics.JOINT_NAMES, *kinematics.GRIPPER_JOINTS)
+HARDWARE_STEPS = 2.0  # a target's farthest travel from the joint, in control periods at the velocity limit
+LIMIT_MARGIN = 0.01  # rad kept between a target and a joint stop: a loaded joint sags past its target
+BRAKING = 10.0  # rad/s^2: the deceleration a target's approach to a joint stop allows
 
 
 def command_message(values: np.ndarray, stamp_ns: int | None = None) -> msgs.Float64MultiArray:
@@ -149,6 +152,11 @@ class SimDriver:
         self.lower = np.append(self.physics.kin.lower, self.model.jnt_range[finger, 0])
         self.upper = np.append(self.physics.kin.upper, self.model.jnt_range[finger, 1])
         self.ctrl_index = np.append(self.physics.arm_actuators, self.physics.gripper_actuator)
+        # the hardware interface's velocity limit: an arm joint's target is applied at most
+        # HARDWARE_STEPS control periods of travel at its velocity limit from where the joint is
+        # (the agent's safety layer asks for at most one from where it was, so it never binds
+        # there); the gripper's target may span its stroke, as the agent's may
+        self.max_travel = HARDWARE_STEPS * self.period * kinematics.VELOCITY_LIMITS
         self.state_qpos = np.append(self.physics.qpos_index, self.physics.finger_qpos)
         self.state_dof = np.append(self.physics.dof_index, self.physics.finger_dof)
         self.target = self.data.ctrl[self.ctrl_index].copy()
@@ -266,11 +274,24 @@ class SimDriver:
             self.status_pub.publish(msgs.String(data=json.dumps(self.stats())))
             print(f"sim-driver: no command on {self.cfg.command_topic} for {self.cfg.stale_timeout:g} s; holding position.",
                   file=sys.stderr, flush=True)
-        self.data.ctrl[self.ctrl_index] = self.target
+        self.data.ctrl[self.ctrl_index] = self.limited(self.target)
         mujoco.mj_step(self.model, self.data, nstep=self.sim.substeps * periods)
         mujoco.mj_kinematics(self.model, self.data)
         self._publish()
         self.counts["ticks"] += 1
+
+    def limited(self, target: np.ndarray) -> np.ndarray:
+        """What the arm's hardware interface applies of a target: within the joint limits,
+        and within ``max_travel`` of the joint's position, so that no command, however far,
+        drives a joint into its stop with momentum (as ros2_control's joint limits do)."""
+        arm = len(self.max_travel)
+        position = self.data.qpos[self.physics.qpos_index]
+        low, high = self.lower[:arm] + LIMIT_MARGIN, self.upper[:arm] - LIMIT_MARGIN
+        # toward a stop, no faster than the joint can brake before it: v = sqrt(2 a d)
+        brake = HARDWARE_STEPS * self.period * np.sqrt(2.0 * BRAKING * np.maximum(0.0, np.stack([position - low, high - position])))
+        near = np.clip(target[:arm], position - np.minimum(self.max_travel, brake[0]),
+                       position + np.minimum(self.max_travel, brake[1]))
+        return np.append(np.clip(near, low, high), np.clip(target[arm:], self.lower[arm:], self.upper[arm:]))
 
     def _publish(self) -> None:
         header = msgs.Header(stamp=msgs.now(), frame_id="world")

@@ -176,3 +176,30 @@ def test_bad_input_gets_one_line_and_the_arm_stays(domain, bus, tmp_path):
     assert log.count("expected 7 values") == 1 and log.count("non-finite") == 1 and log.count('expected JSON like {"seed": 3}') == 1
     assert "Traceback" not in log
     assert json.loads(stats.read_text())["rejected"] >= 10  # of 15; a command may be replaced before the driver takes it
+
+
+def test_hostile_commands_never_move_a_joint_out_of_its_range(domain, bus, tmp_path):
+    """Limit-to-limit jumps at 50 Hz, 1e6, inf, NaN and wrong widths from another process over
+    DDS: the driver limits targets as a hardware interface does, so no reported position
+    leaves its range by more than 0.01 rad (unlimited, 0.16 rad was measured)."""
+    env = ArmEnv("reach")
+    lower, upper = env.physics.kin.lower, env.physics.kin.upper
+    env.close()
+    with DriverProcess(domain, "--rate", "50", log_path=tmp_path / "driver.log") as driver:
+        states = bus.subscription("/joint_states", msgs.JointState, SENSOR_DATA)
+        commands = bus.publisher(COMMANDS, msgs.Float64MultiArray, COMMAND)
+        assert wait_for(states, lambda m: True, 5.0) is not None
+        worst, seen = -np.inf, 0
+        high, low = np.append(upper, 0.04), np.append(lower, 0.0)
+        hostile = [np.full(7, 1e6), np.full(7, -np.inf), np.full(7, np.nan), np.zeros(3)]
+        for k in range(300):
+            command = (high if (k // 25) % 2 == 0 else low) if k % 11 else hostile[(k // 11) % len(hostile)]
+            commands.publish(command_message(command))
+            time.sleep(0.02)
+            for msg in states.take():
+                position = np.asarray(msg.position)[:len(lower)]
+                worst = max(worst, float(np.max(np.maximum(position - upper, lower - position))))
+                seen += 1
+        assert driver.stop(signal.SIGTERM) == 0
+    assert seen > 100
+    assert worst <= 0.01, f"a joint went {worst:.4f} rad past its range"
