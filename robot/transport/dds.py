@@ -10,6 +10,9 @@ what goes on the wire is exactly what the message classes serialize (padded to a
 multiple of 4 as every rmw does); the Cyclone type objects only tell DDS the type's name
 and shape.
 
+Like an rmw, it announces its node and the node's readers and writers on
+``ros_discovery_info`` (:mod:`robot.discovery`), so ``ros2 node list`` shows it.
+
 Discovery is localhost-only (``robot/config/cyclonedds.xml``) unless ``CYCLONEDDS_URI``
 is set, in which case Cyclone reads that configuration instead (how to reach a robot on
 another host: robot/README.md).
@@ -37,7 +40,7 @@ from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
 from cyclonedds._clayer import ddspy_take, ddspy_write  # the raw-bytes entry points DataWriter/DataReader use
-from robot import cdr
+from robot import cdr, discovery
 from robot.transport.base import Publisher, QoS, Subscription, Transport
 
 M = TypeVar("M")
@@ -78,6 +81,9 @@ def type_hash(ros_type: str) -> str:
 
 def dds_topic_name(ros_topic: str) -> str:
     return "rt" + ros_topic
+
+
+DISCOVERY_QOS = QoS(reliable=True, transient_local=True, depth=1)  # rmw_dds_common's for ros_discovery_info
 
 
 def dds_qos(qos: QoS, ros_type: str) -> Qos:
@@ -150,6 +156,7 @@ class DdsPublisher(Publisher[M]):
         super().__init__(topic, msg_type, qos)
         self._transport = transport
         self._writer = DataWriter(transport.participant, transport._topic(topic, msg_type), dds_qos(qos, msg_type.ROS_TYPE))  # type: ignore[attr-defined]
+        transport._announce(add=("writers", self._writer.guid.bytes))
 
     def _publish(self, msg: M) -> None:
         data = msg.serialize()  # type: ignore[attr-defined]
@@ -159,6 +166,7 @@ class DdsPublisher(Publisher[M]):
             raise RuntimeError(f"Cyclone DDS refused to write on {self.topic}: return code {ret}.")
 
     def _close(self) -> None:
+        self._transport._announce(remove=("writers", self._writer.guid.bytes))
         _delete(self._writer)
 
 
@@ -170,6 +178,7 @@ class DdsSubscription(Subscription[M]):
         """Samples that arrived but did not decode as ``msg_type`` (logged once)."""
         self._reader = DataReader(transport.participant, transport._topic(topic, msg_type), dds_qos(qos, msg_type.ROS_TYPE))  # type: ignore[attr-defined]
         self._condition = ReadCondition(self._reader, _ANY_SAMPLE)
+        transport._announce(add=("readers", self._reader.guid.bytes))
 
     def _drain(self) -> None:
         """Move every sample the reader holds into the queue (receive thread only)."""
@@ -194,6 +203,7 @@ class DdsSubscription(Subscription[M]):
 
     def _close(self) -> None:
         self._transport._forget(self)
+        self._transport._announce(remove=("readers", self._reader.guid.bytes))
         _delete(self._condition)
         _delete(self._reader)
 
@@ -204,7 +214,7 @@ class DdsTransport(Transport):
 
     kind = "dds"
 
-    def __init__(self, domain_id: int = 0, node_name: str = "agent", config: str | None = None):
+    def __init__(self, domain_id: int = 0, node_name: str = "agent", config: str | None = None, namespace: str = "/"):
         super().__init__()
         self.domain_id, self.node_name = domain_id, node_name
         self.config = config if config is not None else configuration()
@@ -215,6 +225,13 @@ class DdsTransport(Transport):
         except Exception:
             _DOMAINS.release(domain_id)
             raise
+        self._announce_lock = threading.Lock()
+        self._node = discovery.NodeEntities(namespace, node_name)
+        self._gid_size = discovery.gid_size()
+        self._discovery = DataWriter(self.participant, Topic(self.participant, discovery.TOPIC,
+                                                             discovery.idl_struct(self._gid_size)),
+                                     dds_qos(DISCOVERY_QOS, discovery.ROS_TYPE))
+        self._announce()
         self._topics: dict[str, tuple[type, Topic[Any]]] = {}
         self._receiving: list[DdsSubscription[Any]] = []
         self._receive_lock = threading.Lock()  # held while draining and while a reader is removed
@@ -237,6 +254,18 @@ class DdsTransport(Transport):
                     f"found a request for {msg_type.ROS_TYPE}."  # type: ignore[attr-defined]
                 )
             return known[1]
+
+    def _announce(self, add: tuple[str, bytes] | None = None, remove: tuple[str, bytes] | None = None) -> None:
+        """Publish this participant's node and its readers and writers on ros_discovery_info."""
+        with self._announce_lock:
+            if add:
+                getattr(self._node, add[0]).append(add[1])
+            if remove and remove[1] in getattr(self._node, remove[0]):
+                getattr(self._node, remove[0]).remove(remove[1])
+            data = discovery.encode(self.participant.guid.bytes, [self._node], self._gid_size)
+            ret = ddspy_write(self._discovery._ref, data + b"\x00" * (-len(data) % 4))
+        if ret < 0:
+            log.warning("Cyclone DDS refused to write on %s: return code %d", discovery.TOPIC, ret)
 
     def _publisher(self, topic: str, msg_type: type[M], qos: QoS) -> Publisher[M]:
         return DdsPublisher(self, topic, msg_type, qos)
@@ -270,6 +299,6 @@ class DdsTransport(Transport):
         self._stopping = True
         self._wakeup.set(True)
         self._thread.join()
-        for entity in (self._waitset, self._wakeup, self.participant):
+        for entity in (self._waitset, self._wakeup, self._discovery, self.participant):
             _delete(entity)
         _DOMAINS.release(self.domain_id)

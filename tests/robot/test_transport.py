@@ -278,6 +278,58 @@ def test_cyclone_types_serialize_exactly_our_bytes():
         assert theirs == ours, cls.ROS_TYPE
 
 
+@pytest.mark.parametrize("distro, store", [("humble", "ROS2_HUMBLE"), ("jazzy", "ROS2_JAZZY")])
+def test_ros_discovery_info_names_the_node_and_its_endpoints_as_ros_tools_read_it(distro, store, monkeypatch):
+    """What `ros2 node list` reads: rosbags decodes our ParticipantEntitiesInfo byte for byte in
+    the release's layout (gids of 24 bytes in Humble, 16 later), and a plain Cyclone reader
+    on another participant receives the node with the GUIDs of its reader and writer."""
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+    from rosbags.typesys import Stores, get_typestore
+
+    from cyclonedds._clayer import ddspy_take
+    from robot import discovery
+    from robot.transport.dds import DISCOVERY_QOS, _ANY_SAMPLE, dds_qos
+
+    typestore = get_typestore(getattr(Stores, store))
+    size = {"humble": 24, "jazzy": 16}[distro]
+    Gid, Node, Info = (typestore.types[f"rmw_dds_common/msg/{n}"] for n in ("Gid", "NodeEntitiesInfo", "ParticipantEntitiesInfo"))
+    guids = [bytes(range(i, i + 16)) for i in (0, 16, 32, 48)]
+    gid = lambda g: Gid(data=np.frombuffer(g + bytes(size - 16), np.uint8))  # noqa: E731
+    theirs = typestore.serialize_cdr(Info(gid=gid(guids[0]), node_entities_info_seq=[
+        Node(node_namespace="/robot1", node_name="agent", reader_gid_seq=[gid(guids[1])], writer_gid_seq=[gid(guids[2]), gid(guids[3])])]),
+        Info.__msgtype__)
+    ours = discovery.encode(guids[0], [discovery.NodeEntities("/robot1", "agent", [guids[1]], guids[2:])], size)
+    assert ours == bytes(theirs)
+
+    monkeypatch.setenv("ROS_DISTRO", distro)
+    domain = random_domain()
+    with make_transport("dds", domain, node_name="announced") as t:
+        pub = t.publisher("/agent/estop", msgs.Bool, LATCHED)
+        sub = t.subscription("/joint_states", msgs.JointState, SENSOR_DATA)
+        observer = DomainParticipant(domain)
+        reader = DataReader(observer, Topic(observer, discovery.TOPIC, discovery.idl_struct(size)),
+                            dds_qos(DISCOVERY_QOS, discovery.ROS_TYPE))
+        seen = []
+
+        def take():
+            got = ddspy_take(reader._ref, _ANY_SAMPLE, 16)
+            seen.extend(typestore.deserialize_cdr(data, Info.__msgtype__) for data, info in (got or []) if info.valid_data)
+
+        assert until(lambda: seen, every=take)
+        info = seen[-1]
+        assert bytes(info.gid.data[:16]) == t.participant.guid.bytes and not any(info.gid.data[16:])
+        (node,) = info.node_entities_info_seq
+        assert (node.node_namespace, node.node_name) == ("/", "announced")
+        assert [bytes(g.data[:16]) for g in node.writer_gid_seq] == [pub._writer.guid.bytes]
+        assert [bytes(g.data[:16]) for g in node.reader_gid_seq] == [sub._reader.guid.bytes]
+        sub.close()  # a closed endpoint leaves the node's list
+        assert until(lambda: seen and not seen[-1].node_entities_info_seq[0].reader_gid_seq, every=take)
+        for entity in (reader, observer):
+            entity.__del__()
+
+
 def test_discovery_announces_ros_names_types_and_qos():
     from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication, BuiltinTopicDcpsSubscription
     from cyclonedds.core import Policy
