@@ -62,9 +62,10 @@ def idl_struct(size: int):
     from cyclonedds.idl import make_idl_struct, types
     from cyclonedds.idl.annotations import final
 
-    gid = final(make_idl_struct(f"Gid{size}_", "rmw_dds_common::msg::dds_::Gid_", {"data": types.array[types.uint8, size]}))
+    gid = final(make_idl_struct(f"Gid{size}_", "rmw_dds_common::msg::dds_::Gid_",
+                                {"data": types.array[types.uint8, size]}))  # type: ignore[misc]
     node = final(make_idl_struct(f"NodeEntitiesInfo{size}_", "rmw_dds_common::msg::dds_::NodeEntitiesInfo_", {
-        "node_namespace": types.bounded_str[256], "node_name": types.bounded_str[256],
-        "reader_gid_seq": types.sequence[gid], "writer_gid_seq": types.sequence[gid]}))
+        "node_namespace": types.bounded_str[256], "node_name": types.bounded_str[256],  # type: ignore[misc]
+        "reader_gid_seq": types.sequence[gid], "writer_gid_seq": types.sequence[gid]}))  # type: ignore[misc]
     return final(make_idl_struct(f"ParticipantEntitiesInfo{size}_", DDS_TYPE, {
-        "gid": gid, "node_entities_info_seq": types.sequence[node]}))
+        "gid": gid, "node_entities_info_seq": types.sequence[node]}))  # type: ignore[misc]
