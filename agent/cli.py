@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarize a store", description="Episodes, steps, returns and success by source, keys, shapes and dtypes of a store.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quality", action="store_true",
+                   help="also measure trajectory quality (TQ) and state-action coverage (SACo) per source and split")
+    p.add_argument("--reference", default="", metavar="STORE", help="--quality: the store SACo is relative to (default: this one)")
+    p.add_argument("--bins", type=int, default=4, help="--quality: intervals per (s, a) dimension for SACo (default: 4)")
+    p.add_argument("--plot", default="", metavar="FILE.png", help="--quality: draw TQ against SACo per group")
 
     p = sub.add_parser("import", help="convert a dataset of another format into a new store",
                        description="Read a D4RL, robomimic, Minari (hdf5 or arrow), LeRobot (v2.1/v3, low-dim) or "
@@ -233,8 +238,22 @@ def cmd_inspect(args) -> int:
     from agent.inspect import format_summary, summarize_store
     from agent.store import Store
 
-    summary = summarize_store(Store.open(args.store))
-    _print(summary, args.json, table=format_summary(summary))
+    store = Store.open(args.store)
+    summary = summarize_store(store)
+    table = format_summary(summary)
+    if args.plot and not args.quality:
+        raise ValueError("--plot draws the quality measures; add --quality.")
+    if args.quality:
+        from agent.quality import format_quality, plot, store_quality
+
+        if args.plot and not args.plot.endswith(".png"):
+            raise ValueError(f"--plot must name a .png file, got {args.plot!r}.")
+        summary["quality"] = store_quality(store, Store.open(args.reference) if args.reference else None, args.bins)
+        table += "\n\n" + format_quality(summary["quality"])
+        if args.plot:
+            plot(summary["quality"], args.plot, f"{store.env_id}: {store.path}")
+            table += f"\nwrote {args.plot}"
+    _print(summary, args.json, table=table)
     return 0
 
 
