@@ -20,6 +20,7 @@ from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, SACNConf
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
 from agent.store import Store, TransitionCache, load_transitions
+from agent.trajectory_weights import Sampling, cache_probabilities
 from agent.perf import tune_cpu_allocator
 
 
@@ -40,6 +41,8 @@ class PretrainConfig:
     device: str = option("cpu", "torch device; auto picks cuda when torch sees one", pattern="device")
     compile: bool = option(False, "torch.compile the learner's update (first updates are slow while it compiles)")
     autocast: Literal["none", "bf16"] = option("none", "run forward and backward passes under bfloat16 autocast")
+    sampling: Sampling = option("uniform", "how transitions are drawn: uniform, or weighted by their episode's return or advantage (agent/trajectory_weights.py)")
+    sampling_temperature: float = option(0.1, "weighted sampling: episodes' scores (0 to 1) are divided by this before exp", gt=0)
     cuda_graph: bool = option(False, "capture the update as one CUDA graph on the first batch (CUDA only; see agent/learners/graphed.py)")
     bc: BCConfig = section(BCConfig, "behaviour cloning settings")
     iql: IQLConfig = section(IQLConfig, "IQL settings")
@@ -79,9 +82,11 @@ class BatchSource:
     never crosses the host bus; its state is saved as well."""
 
     def __init__(self, cache: TransitionCache, extras: dict[str, np.ndarray], device: str, rng: np.random.Generator,
-                 on_device: bool | None = None):
+                 on_device: bool | None = None, probs: np.ndarray | None = None):
         self.cache, self.extras, self.device, self.rng = cache, extras, device, rng
         self.on_device = torch.device(device).type != "cpu" if on_device is None else on_device
+        # weighted sampling (agent.trajectory_weights): an index is where a uniform draw falls in the cumulative mass
+        self.cdf = None if probs is None else np.cumsum(probs)
         if self.on_device:
             table = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
             self.tables = {"obs": table(cache.obs_table), "action": table(cache.action), "reward": table(cache.reward),
@@ -89,13 +94,22 @@ class BatchSource:
                            **{k: table(v) for k, v in extras.items()}}
             self.next_index = table(cache.next_index)
             self.generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+            self.cdf_t = None if self.cdf is None else torch.as_tensor(self.cdf, device=device)
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        last = self.cache.num_steps - 1
         if not self.on_device:
-            idx = self.rng.integers(0, self.cache.num_steps, size=batch_size)
+            if self.cdf is None:
+                idx = self.rng.integers(0, self.cache.num_steps, size=batch_size)
+            else:
+                idx = np.minimum(np.searchsorted(self.cdf, self.rng.random(batch_size) * self.cdf[-1], side="right"), last)
             batch = {**self.cache.gather(idx), **{k: v[idx] for k, v in self.extras.items()}}
             return to_tensors(batch, self.device)
-        idx_t = torch.randint(0, self.cache.num_steps, (batch_size,), device=self.device, generator=self.generator)
+        if self.cdf_t is None:
+            idx_t = torch.randint(0, self.cache.num_steps, (batch_size,), device=self.device, generator=self.generator)
+        else:
+            draw = torch.rand(batch_size, device=self.device, generator=self.generator, dtype=self.cdf_t.dtype) * self.cdf_t[-1]
+            idx_t = torch.searchsorted(self.cdf_t, draw, right=True).clamp_(max=last)
         out = {k: t[idx_t] for k, t in self.tables.items()}
         out["next_obs"] = self.tables["obs"][self.next_index[idx_t]]
         return out
@@ -292,7 +306,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)
     obs = cache.obs
     learner.fit_normalizer(obs.mean(0), obs.var(0))
-    source = BatchSource(cache, learner.prepare(cache) if hasattr(learner, "prepare") else {}, device, rng)
+    probs = cache_probabilities(cache, cfg.sampling, cfg.sampling_temperature)
+    source = BatchSource(cache, learner.prepare(cache) if hasattr(learner, "prepare") else {}, device, rng, probs=probs)
     start = 0
     if ckpt is not None:
         try:

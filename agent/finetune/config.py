@@ -7,6 +7,7 @@ from typing import Literal
 from agent.config import option, section
 from agent.finetune.regime import AutoConfig
 from agent.learners import CalQLConfig, DARCConfig, H2OConfig, IQLConfig, RLPDConfig, RO2OConfig, SACConfig, WSRLConfig
+from agent.trajectory_weights import Sampling
 
 # The loop settings each algorithm's authors use, where the config leaves them empty:
 # warm-up steps, who acts during warm-up, update-to-data ratio, offline share of a batch.
@@ -40,6 +41,8 @@ class FinetuneConfig:
     env_kwargs: list[str] = option([], "name=value kwargs for the env, train and eval; values are YAML scalars (e.g. domain_id=5,transport=dds)")
     data: str = option("", "offline store for mixed batches and the held-out TD diagnostic; empty means the pretrained run's data")
     real_data: str = option("", "H2O, DARC: the real-dynamics dataset (overrides --data)")
+    sampling: Sampling = option("uniform", "how the offline share of each batch is drawn: uniform, or weighted by each episode's return or advantage (agent/trajectory_weights.py)")
+    sampling_temperature: float = option(0.1, "weighted sampling: episodes' scores (0 to 1) are divided by this before exp", gt=0)
     online_store: str = option("", "store the online episodes are appended to; empty means <out>/online.zarr")
     out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
     steps: int = option(50_000, "online environment steps in total", min=1)

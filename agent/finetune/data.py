@@ -71,7 +71,7 @@ class BatchSource:
 
     def __init__(self, online: OnlineBuffer, offline: TransitionCache | None, offline_steps: np.ndarray | None,
                  offline_ratio: float, rng: np.random.Generator, offline_extras: dict | None = None,
-                 mark_real: bool = False):
+                 mark_real: bool = False, offline_probs: np.ndarray | None = None):
         if not 0.0 <= offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio}.")
         if offline_ratio > 0 and (offline is None or offline_steps is None or offline_steps.size == 0):
@@ -81,6 +81,8 @@ class BatchSource:
         self.offline_extras = offline_extras or {}
         self.mark_real = mark_real
         self.offline_draws = 0
+        # weighted offline rows (agent.trajectory_weights): probabilities over offline_steps
+        self.offline_cdf = None if offline_probs is None else np.cumsum(offline_probs)
 
     def split(self, batch_size: int) -> tuple[int, int]:
         n_off = int(round(self.offline_ratio * batch_size))
@@ -97,7 +99,12 @@ class BatchSource:
         n_off, n_on = (batch_size, 0) if offline_only else self.split(batch_size)
         parts = []
         if n_off:
-            idx = self.offline_steps[self.rng.integers(0, self.offline_steps.size, size=k * n_off)]
+            if self.offline_cdf is None:
+                pos = self.rng.integers(0, self.offline_steps.size, size=k * n_off)
+            else:
+                pos = np.minimum(np.searchsorted(self.offline_cdf, self.rng.random(k * n_off) * self.offline_cdf[-1],
+                                                 side="right"), self.offline_steps.size - 1)
+            idx = self.offline_steps[pos]
             self.offline_draws += idx.size
             rows = {**self.offline.gather(idx), **{name: v[idx] for name, v in self.offline_extras.items()}}
             parts.append(({name: v.reshape(k, n_off, *v.shape[1:]) for name, v in rows.items()}, True))

@@ -40,6 +40,7 @@ from agent.collect import config_hash
 from agent.config import from_dict, save_yaml, to_dict
 from agent.envs import make_env, reference_returns
 from agent.finetune.config import HYBRID, FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
+from agent.trajectory_weights import cache_probabilities
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
 from agent.finetune.regime import log_decision, summary_entry
@@ -476,10 +477,12 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
             obs = offline.obs[train_steps]
             learner.fit_normalizer(obs.mean(0), obs.var(0))
     prepare = getattr(learner, "prepare", None)
+    offline_probs = None if offline is None or train_steps is None else \
+        cache_probabilities(offline, cfg.sampling, cfg.sampling_temperature, steps=train_steps.size)  # training episodes
     source = BatchSource(OnlineBuffer(obs_dim, act_dim, prepare=prepare), offline, train_steps,
                          float(loop_setting(cfg, "offline_ratio")), rng,
                          offline_extras=prepare(offline) if (prepare and offline is not None) else None,
-                         mark_real=cfg.algo in HYBRID)
+                         mark_real=cfg.algo in HYBRID, offline_probs=offline_probs)
     if make_source is not None:
         source = make_source(source)
     if cfg.offline_steps and offline is None:
