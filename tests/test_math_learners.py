@@ -29,6 +29,7 @@ PARTS = {
     "bc": {"actor", "normalizer", "optimizer"},
     "iql": {"actor", "critic", "critic_target", "value", "normalizer", "actor_opt", "critic_opt", "value_opt"},
     "td3bc": {"actor", "actor_target", "critic", "critic_target", "normalizer", "actor_opt", "critic_opt"},
+    "prdc": {"actor", "actor_target", "critic", "critic_target", "normalizer", "actor_opt", "critic_opt"},
     "cql": SAC_PARTS, "calql": SAC_PARTS, "sacn": SAC_PARTS, "sac": SAC_PARTS, "rlpd": SAC_PARTS, "wsrl": SAC_PARTS,
     "ro2o": SAC_PARTS | {"schedule"},
     "h2o": SAC_PARTS | {"discriminators", "model", "disc_opt", "model_opt"},
@@ -42,6 +43,7 @@ METRICS = {
     "bc": {"bc_loss", "log_prob"},
     "iql": {"value_loss", "v_mean", "critic_loss", "q_mean", "actor_loss", "adv_weight"},
     "td3bc": {"critic_loss", "q_mean", "actor_loss", "bc_mse"},
+    "prdc": {"critic_loss", "q_mean", "actor_loss", "bc_mse", "nn_distance"},
     "sacn": {"critic_loss", "q_mean", "q_std", "actor_loss", "entropy", "alpha", "alpha_loss"},
     "cql": {"cql_ood_q", "cql_gap", "critic_loss", "td_loss", "q_mean", "actor_loss", "entropy", "alpha", "alpha_loss"},
     "h2o": {"critic_loss", "td_real", "td_sim", "h2o_gap", "q_mean", "q_std", "disc_loss", "disc_sa_acc", "disc_sas_acc",
@@ -176,8 +178,9 @@ def test_update_reports_exactly_its_metrics(algo):
     learner = make_learner(algo, config(algo), OBS, ACT)
     for b in (batch(0), batch(1, k=2)):
         out = learner.update(b)
-        expected = METRICS[algo] - ({"actor_loss", "bc_mse"} if algo == "td3bc" and b["obs"].dim() == 2 else set())
-        assert set(out) == expected, algo  # TD3+BC: no actor step on its first critic update
+        first_actorless = algo in ("td3bc", "prdc") and b["obs"].dim() == 2
+        expected = METRICS[algo] - ({"actor_loss", "bc_mse", "nn_distance"} if first_actorless else set())
+        assert set(out) == expected, algo  # TD3+BC and PRDC: no actor step on the first critic update
         assert all(torch.is_tensor(v) and not v.requires_grad for v in out.values())
 
 
@@ -185,7 +188,7 @@ def test_checkpoint_layout():
     """The checkpoint is one entry per part (TD3+BC adds its update counter)."""
     for algo in sorted(LEARNERS):
         learner = make_learner(algo, config(algo), OBS, ACT)
-        extra = {"critic_updates"} if algo == "td3bc" else set()
+        extra = {"critic_updates"} if algo in ("td3bc", "prdc") else set()
         assert set(learner.state_dict()) == PARTS[algo] | extra
     state = make_learner("sac", config("sac"), OBS, ACT).state_dict()
     del state["alpha_opt"], state["critic"]

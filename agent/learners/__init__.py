@@ -14,6 +14,7 @@ from agent.learners.cql import CQL, CQLConfig
 from agent.learners.darc import DARC, DARCConfig
 from agent.learners.h2o import H2O, H2OConfig
 from agent.learners.iql import IQL, IQLConfig
+from agent.learners.prdc import PRDC, PRDCConfig
 from agent.learners.rlpd import RLPD, RLPDConfig
 from agent.learners.ro2o import RO2O, RO2OConfig
 from agent.learners.sac import SAC, SACConfig
@@ -28,6 +29,7 @@ LEARNERS: dict[str, tuple[type, type]] = {
     "cql": (CQL, CQLConfig),
     "calql": (CalQL, CalQLConfig),
     "td3bc": (TD3BC, TD3BCConfig),
+    "prdc": (PRDC, PRDCConfig),
     "sacn": (SACN, SACNConfig),
     # online fine-tuning (agent/finetune)
     "wsrl": (WSRL, WSRLConfig),

@@ -83,12 +83,16 @@ class TD3BC(LearnerParts):
             step(self.critic_opt, loss, list(self.critic.parameters()))
             self.critic_updates += 1
         if int(self.critic_updates) % self.cfg.policy_freq == 0 or batch["obs"].dim() == 3:
-            loss, actor_metrics = actor_loss(self.actor, self.critic, flatten(batch), self.cfg)
+            loss, actor_metrics = self.actor_objective(flatten(batch))
             step(self.actor_opt, loss, list(self.actor.parameters()))
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             soft_update(self.actor_target, self.actor, self.cfg.tau)
             metrics = {**metrics, **actor_metrics}
         return metrics
+
+    def actor_objective(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The actor's loss on a (normalized) batch: TD3+BC's; PRDC regularizes toward another action."""
+        return actor_loss(self.actor, self.critic, batch, self.cfg)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "critic_updates": self.critic_updates.clone()}
