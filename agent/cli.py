@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs of several envs: write one report per env under --out/<env> (default: refuse to mix envs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    from agent.corrupt import CorruptConfig
+
+    p = sub.add_parser("corrupt", help="a copy of a store with a share of its transitions corrupted",
+                       description="Corrupt observations, actions, rewards or next observations of a share of a store's "
+                                   "transitions (random noise or adversarial to a trained critic) into a new store, with lineage.")
+    _add_common(p, json_flag=True)
+    add_flags(p, CorruptConfig)
+
     p = sub.add_parser("eval", help="evaluate a trained run (or a scripted/random policy) in the simulator",
                        description="Roll out a policy; prints mean and std of return, D4RL-style normalized score and success rate.")
     _add_common(p, json_flag=True)
@@ -301,6 +309,13 @@ def cmd_augment(args) -> int:
     return 0
 
 
+def cmd_corrupt(args) -> int:
+    from agent.corrupt import CorruptConfig, corrupt
+
+    _print(corrupt(resolve(CorruptConfig, args, args.config)), args.json)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from agent.demo import run_demo
 
@@ -309,7 +324,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "report": cmd_report, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo,
-            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck, "augment": cmd_augment}
+            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck, "augment": cmd_augment, "corrupt": cmd_corrupt}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from agent.envs import is_registered
 from agent.evaluate import env_sizes, evaluate
 from agent.interrupts import give_back_sigint, take_sigint
 from agent.learners import make_learner
-from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, PRDCConfig, SACNConfig, TD3BCConfig
+from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, PRDCConfig, RIQLConfig, SACNConfig, TD3BCConfig
 from agent.logger import MetricsLogger
 from agent.seeding import seed_everything
 from agent.store import Store, TransitionCache, load_transitions
@@ -27,7 +27,7 @@ from agent.perf import tune_cpu_allocator
 @dataclass
 class PretrainConfig:
     data: str = option("", "store to train on")
-    algo: Literal["bc", "iql", "cql", "calql", "td3bc", "prdc", "sacn"] = option("bc", "offline algorithm")
+    algo: Literal["bc", "iql", "riql", "cql", "calql", "td3bc", "prdc", "sacn"] = option("bc", "offline algorithm")
     out: str = option("", "run directory (config, checkpoints, metrics, TensorBoard)")
     env: str = option("", "gymnasium env id to evaluate in, with the store's observation and action sizes; empty means the "
                           "store's env, and no evaluation when that is not a registered env (an imported dataset)")
@@ -46,6 +46,7 @@ class PretrainConfig:
     cuda_graph: bool = option(False, "capture the update as one CUDA graph on the first batch (CUDA only; see agent/learners/graphed.py)")
     bc: BCConfig = section(BCConfig, "behaviour cloning settings")
     iql: IQLConfig = section(IQLConfig, "IQL settings")
+    riql: RIQLConfig = section(RIQLConfig, "RIQL settings")
     cql: CQLConfig = section(CQLConfig, "CQL settings")
     calql: CalQLConfig = section(CalQLConfig, "Cal-QL settings")
     td3bc: TD3BCConfig = section(TD3BCConfig, "TD3+BC settings")

@@ -28,6 +28,7 @@ SAC_PARTS = {"actor", "critic", "critic_target", "temperature", "normalizer", "a
 PARTS = {
     "bc": {"actor", "normalizer", "optimizer"},
     "iql": {"actor", "critic", "critic_target", "value", "normalizer", "actor_opt", "critic_opt", "value_opt"},
+    "riql": {"actor", "critic", "critic_target", "value", "normalizer", "actor_opt", "critic_opt", "value_opt"},
     "td3bc": {"actor", "actor_target", "critic", "critic_target", "normalizer", "actor_opt", "critic_opt"},
     "prdc": {"actor", "actor_target", "critic", "critic_target", "normalizer", "actor_opt", "critic_opt"},
     "cql": SAC_PARTS, "calql": SAC_PARTS, "sacn": SAC_PARTS, "sac": SAC_PARTS, "rlpd": SAC_PARTS, "wsrl": SAC_PARTS,
@@ -42,6 +43,7 @@ OPTIMIZERS = {"actor_opt": ("actor", "actor_lr"), "critic_opt": ("critic", "crit
 METRICS = {
     "bc": {"bc_loss", "log_prob"},
     "iql": {"value_loss", "v_mean", "critic_loss", "q_mean", "actor_loss", "adv_weight"},
+    "riql": {"value_loss", "v_mean", "critic_loss", "q_mean", "actor_loss", "adv_weight"},
     "td3bc": {"critic_loss", "q_mean", "actor_loss", "bc_mse"},
     "prdc": {"critic_loss", "q_mean", "actor_loss", "bc_mse", "nn_distance"},
     "sacn": {"critic_loss", "q_mean", "q_std", "actor_loss", "entropy", "alpha", "alpha_loss"},

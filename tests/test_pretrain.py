@@ -27,7 +27,7 @@ def tiny(store, out, algo, steps=20, **extra):
                                       algo: sizes, **extra})
 
 
-@pytest.mark.parametrize("algo", ["iql", "cql", "calql", "td3bc", "prdc", "sacn"])
+@pytest.mark.parametrize("algo", ["iql", "riql", "cql", "calql", "td3bc", "prdc", "sacn"])
 def test_every_offline_algorithm_trains_and_resumes_exactly(store, tmp_path, algo):
     pretrain(tiny(store, tmp_path / "full", algo), progress=False)
     pretrain(tiny(store, tmp_path / "part", algo, steps=10), progress=False)

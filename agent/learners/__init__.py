@@ -15,6 +15,7 @@ from agent.learners.darc import DARC, DARCConfig
 from agent.learners.h2o import H2O, H2OConfig
 from agent.learners.iql import IQL, IQLConfig
 from agent.learners.prdc import PRDC, PRDCConfig
+from agent.learners.riql import RIQL, RIQLConfig
 from agent.learners.rlpd import RLPD, RLPDConfig
 from agent.learners.ro2o import RO2O, RO2OConfig
 from agent.learners.sac import SAC, SACConfig
@@ -26,6 +27,7 @@ from agent.learners.wsrl import WSRL, WSRLConfig
 LEARNERS: dict[str, tuple[type, type]] = {
     "bc": (BC, BCConfig),
     "iql": (IQL, IQLConfig),
+    "riql": (RIQL, RIQLConfig),
     "cql": (CQL, CQLConfig),
     "calql": (CalQL, CalQLConfig),
     "td3bc": (TD3BC, TD3BCConfig),

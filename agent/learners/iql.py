@@ -11,6 +11,11 @@ Actor (DDPG+BC):        L_pi = -E[ alpha Q(s, m(s)) / sg(E|Q(s, m(s))|) ] + E[ (
                         (Park et al., 2024) finds ahead of AWR; the last term fits sigma (the
                         exploration noise online) to the data's spread about the mean.
 
+Robust variants (RIQL, ``agent/learners/riql.py``): ``q_aggregate="quantile"`` replaces
+min_e Q'_e by the ensemble's ``quantile`` (linear interpolation) in the value target and the
+advantage; ``critic_loss="huber"`` replaces the squared TD error by the Huber loss
+(0.5 d^2 for |d| <= delta, delta (|d| - delta / 2) beyond).
+
 tau = 0.7 for locomotion, 0.9 for sparse-reward manipulation; beta 3 to 10; w_max = 100.
 Targets are never differentiated: the critic target uses V(s') detached, the value and
 actor targets use the target critics.
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.nn import functional as F
 
 from agent.config import option
 from agent.learners.common import LearnerParts, adam, flatten, minibatches, normalize_batch, not_done, step
@@ -39,6 +45,10 @@ class IQLConfig:
     extraction: Literal["awr", "ddpg_bc"] = option("awr", "policy extraction: advantage-weighted regression (the paper) or "
                                                           "DDPG+BC, the actor following the critic's gradient next to a BC term")
     ddpg_alpha: float = option(2.5, "DDPG+BC: weight of the normalized Q term against the BC term (TD3+BC's alpha)", min=0)
+    q_aggregate: Literal["min", "quantile"] = option("min", "the target critics' estimate in the value target and the advantage: their min, or their quantile")
+    quantile: float = option(0.25, "q_aggregate=quantile: which quantile of the ensemble", min=0, max=1)
+    critic_loss: Literal["mse", "huber"] = option("mse", "the critic's TD loss: squared error, or Huber (robust to heavy-tailed targets)")
+    huber_delta: float = option(1.0, "critic_loss=huber: where the loss turns from quadratic to linear", gt=0)
     actor_lr: float = option(3e-4, "actor learning rate", gt=0)
     critic_lr: float = option(3e-4, "critic learning rate", gt=0)
     value_lr: float = option(3e-4, "value learning rate", gt=0)
@@ -51,9 +61,16 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * diff.pow(2)).mean()
 
 
+def ensemble_estimate(qs: torch.Tensor, cfg: IQLConfig) -> torch.Tensor:
+    """[E, B] member values -> [B]: their min (IQL) or their ``quantile`` (RIQL)."""
+    if cfg.q_aggregate == "quantile":
+        return torch.quantile(qs, cfg.quantile, dim=0)
+    return qs.min(0).values
+
+
 def value_loss(value: ValueNetwork, critic_target: CriticEnsemble, batch: dict, cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
-        target_q = critic_target(batch["obs"], batch["action"]).min(0).values
+        target_q = ensemble_estimate(critic_target(batch["obs"], batch["action"]), cfg)
     v = value(batch["obs"])
     loss = expectile_loss(target_q - v, cfg.expectile)
     return loss, {"value_loss": loss.detach(), "v_mean": v.mean().detach()}
@@ -63,14 +80,17 @@ def critic_loss(critic: CriticEnsemble, value: ValueNetwork, batch: dict, cfg: I
     with torch.no_grad():
         y = batch["reward"] + cfg.gamma * not_done(batch) * value(batch["next_obs"])
     qs = critic(batch["obs"], batch["action"])
-    loss = ((qs - y.unsqueeze(0)) ** 2).mean()
+    if cfg.critic_loss == "huber":
+        loss = F.huber_loss(qs, y.unsqueeze(0).expand_as(qs), delta=cfg.huber_delta)
+    else:
+        loss = ((qs - y.unsqueeze(0)) ** 2).mean()
     return loss, {"critic_loss": loss.detach(), "q_mean": qs.mean().detach()}
 
 
 def actor_loss(actor: GaussianActor, value: ValueNetwork, critic_target: CriticEnsemble, batch: dict,
                cfg: IQLConfig) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
-        advantage = critic_target(batch["obs"], batch["action"]).min(0).values - value(batch["obs"])
+        advantage = ensemble_estimate(critic_target(batch["obs"], batch["action"]), cfg) - value(batch["obs"])
         weight = torch.exp(cfg.beta * advantage).clamp(max=cfg.max_weight)
     loss = -(weight * actor.log_prob(batch["obs"], batch["action"])).mean()
     return loss, {"actor_loss": loss.detach(), "adv_weight": weight.mean().detach()}
