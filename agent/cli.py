@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     from agent.corrupt import CorruptConfig
+    from agent.label import LabelConfig
+
+    p = sub.add_parser("label", help="actions for action-free episodes, from an inverse dynamics model",
+                       description="Train an inverse dynamics model on the episodes with actions, report its held-out error, "
+                                   "and write a new store in which the action-free episodes have its actions.")
+    _add_common(p, json_flag=True)
+    add_flags(p, LabelConfig)
 
     p = sub.add_parser("corrupt", help="a copy of a store with a share of its transitions corrupted",
                        description="Corrupt observations, actions, rewards or next observations of a share of a store's "
@@ -316,6 +323,13 @@ def cmd_corrupt(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from agent.label import LabelConfig, label
+
+    _print(label(resolve(LabelConfig, args, args.config)), args.json)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from agent.demo import run_demo
 
@@ -324,7 +338,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"collect": cmd_collect, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "report": cmd_report, "eval": cmd_eval, "inspect": cmd_inspect, "demo": cmd_demo,
-            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck, "augment": cmd_augment, "corrupt": cmd_corrupt}
+            "import": cmd_import, "export": cmd_export, "fsck": cmd_fsck, "augment": cmd_augment, "corrupt": cmd_corrupt, "label": cmd_label}
 
 
 def main(argv: list[str] | None = None) -> int:

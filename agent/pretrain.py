@@ -15,6 +15,7 @@ from agent.config import check_ranges, option, save_yaml, section, to_dict
 from agent.envs import is_registered
 from agent.evaluate import env_sizes, evaluate
 from agent.interrupts import give_back_sigint, take_sigint
+from agent.label import require_actions
 from agent.learners import make_learner
 from agent.learners import BCConfig, CalQLConfig, CQLConfig, IQLConfig, PRDCConfig, RIQLConfig, SACNConfig, TD3BCConfig
 from agent.logger import MetricsLogger
@@ -303,6 +304,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     eval_env, note = _evaluation_env(cfg, store)
     # the store's env arguments (an imported dataset's time limit) belong to the store's env, not to --env
     env_kwargs = {} if cfg.env else dict(store.attrs.get("env_kwargs") or {})
+    require_actions(store)
     cache = load_transitions(store)
     rng = seed_everything(cfg.seed)
     learner = make_learner(cfg.algo, algo_config(cfg), obs_dim, act_dim, device=device)

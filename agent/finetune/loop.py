@@ -40,6 +40,7 @@ from agent.collect import config_hash
 from agent.config import from_dict, save_yaml, to_dict
 from agent.envs import make_env, reference_returns
 from agent.finetune.config import HYBRID, FinetuneConfig, loop_setting, parse_env_kwargs, parse_gap
+from agent.label import require_actions
 from agent.trajectory_weights import cache_probabilities
 from agent.finetune.data import BatchSource, OnlineBuffer, split_heldout
 from agent.finetune.diagnostics import evaluate_with_diagnostics, heldout_td_error
@@ -466,7 +467,10 @@ def build_run(cfg: FinetuneConfig, plan: RunPlan, obs_dim: int, act_dim: int, en
     data_path = cfg.real_data or cfg.data or _pretrained_data(cfg.init)
     if cfg.algo in HYBRID and not cfg.real_data and not cfg.data:
         raise ValueError(f"{cfg.algo.upper()} needs --real-data STORE (a dataset collected under the nominal, 'real' dynamics).")
-    offline = load_transitions(Store.open(data_path)) if data_path else None
+    offline_store = Store.open(data_path) if data_path else None
+    if offline_store is not None:
+        require_actions(offline_store)
+    offline = load_transitions(offline_store) if offline_store is not None else None
     train_steps = heldout = None
     if offline is not None:
         train_steps, heldout_steps = split_heldout(offline, cfg.heldout_fraction)

@@ -97,6 +97,9 @@ class EpisodeAttrs:
     lineage: str = ""
     """JSON of how a derived episode was made (augmentations and their parameters, guide,
     filter scores); stores created before this column exist read it as absent"""
+    action_free: bool = False
+    """the episode's actions were not recorded (observations only, e.g. a video of a
+    person): its action rows are placeholders until ``agent label`` fills them in"""
 
 
 # dtype of each per-episode attribute column
@@ -105,6 +108,7 @@ _EPISODE_COLUMNS: dict[str, Any] = {
     "quality": str, "split": str, "seed": np.int64, "return": np.float64,
     "success": np.bool_, "length": np.int64,
     "lineage": str,  # added later: older stores lack it and read without it
+    "action_free": np.bool_,  # added later, likewise
 }
 
 
@@ -535,15 +539,16 @@ class Store:
                              f"got {attrs.parents!r} and {attrs.seed!r}.") from None
         if any(p < 0 for p in parents):
             raise ValueError(f"{where}: parent episode ids must be >= 0, got {parents}.")
-        if attrs.lineage and "meta/episodes/lineage" not in self.array_specs:
-            raise ValueError(f"{where}: the store was created before episodes had a lineage column; "
-                             f"write derived episodes to a new store.")
+        for name in ("lineage", "action_free"):
+            if getattr(attrs, name) and f"meta/episodes/{name}" not in self.array_specs:
+                raise ValueError(f"{where}: the store was created before episodes had a {name} column; "
+                                 f"write these episodes to a new store.")
         return {
             "source": attrs.source, "parents": json.dumps(parents), "generator_hash": attrs.generator_hash,
             "checkpoint": attrs.checkpoint, "quality": attrs.quality, "split": attrs.split, "seed": seed,
             "return": float(ep["reward"].astype(np.float64).sum()),
             "success": bool(episode.get("success", False)), "length": int(ep["obs"].shape[0]),
-            "lineage": attrs.lineage,
+            "lineage": attrs.lineage, "action_free": bool(attrs.action_free),
         }
 
     def _array(self, key: str):
