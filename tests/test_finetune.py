@@ -68,7 +68,7 @@ def test_every_loop_runs_a_few_hundred_steps(algo, pretrained, tmp_path):
     assert train and all(np.isfinite(r["train/critic_loss"]) for r in train)
     assert all(k in train[-1] for k in ("train/alpha", "train/updates_per_s"))
     if algo == "h2o":
-        assert all(k in train[-1] for k in ("train/disc_sa_acc", "train/w_p50", "train/omega_x_batch_p90"))
+        assert all(k in train[-1] for k in ("train/ratio_acc", "train/ratio_unsure", "train/w_p50", "train/omega_x_batch_p90"))
     if algo == "darc":
         assert all(k in train[-1] for k in ("train/disc_sas_acc", "train/reward_correction"))
 
@@ -171,7 +171,7 @@ def test_h2o_dynamics_ratio_is_one_without_a_gap_and_departs_from_one_with_it(si
     real, sim = _transitions({}, 80, 100), _transitions(sim_gap, 80, 5000)
     n = real["obs"].shape[0]
     train = int(0.8 * n)  # the last 16 episodes are held out
-    learner = H2O(H2OConfig(hidden_dims=[32], discriminator_dims=[64, 64]), 28, 7)
+    learner = H2O(H2OConfig(ratio="classifier", hidden_dims=[32], discriminator_dims=[64, 64]), 28, 7)
     obs = real["obs"].numpy()
     learner.fit_normalizer(obs.mean(0), obs.var(0))
     norm = learner.normalizer

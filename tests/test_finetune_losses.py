@@ -67,7 +67,7 @@ def test_wsrl_takes_the_pretrained_shape_and_weights():
 
 def test_h2o_dynamics_ratio_matches_plain_softmaxes():
     torch.manual_seed(0)
-    learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
+    learner = H2O(H2OConfig(ratio="classifier", hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
     b = batch()
     d = learner.discriminators
     l_sa = 2 * torch.tanh(d.sa(torch.cat([b["obs"], b["action"]], -1)))
@@ -135,7 +135,7 @@ def test_h2o_critic_loss_matches_plain_weighting():
 
 def test_h2o_omega_is_the_clamped_mean_log_inverse_ratio_normalized():
     torch.manual_seed(0)
-    learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
+    learner = H2O(H2OConfig(ratio="classifier", hidden_dims=[8], discriminator_dims=[8]), OBS, ACT)
     b = batch()
     sim = {k: v[~b["is_real"]] for k, v in b.items()}
     samples = torch.randn(5, sim["obs"].shape[0], OBS)
@@ -245,14 +245,14 @@ def test_wsrl_target_entropy_scale():
 
 def test_h2o_update_reports_discriminator_and_weight_statistics():
     torch.manual_seed(0)
-    learner = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], model_dims=[8], omega_samples=3), OBS, ACT)
+    learner = H2O(H2OConfig(ratio="classifier", hidden_dims=[8], discriminator_dims=[8], model_dims=[8], omega_samples=3), OBS, ACT)
     out = learner.update(batch(k=2))
     for key in ("disc_sa_acc", "disc_sas_acc", "w_mean", "w_p10", "w_p90", "omega_x_batch_p50", "td_real", "td_sim"):
         assert torch.isfinite(out[key])
     assert 1e-5 <= out["w_p10"] <= out["w_p90"] <= 1.0
     with pytest.raises(ValueError, match="is_real"):
         learner.update({k: v for k, v in batch().items() if k != "is_real"})
-    noise = H2O(H2OConfig(hidden_dims=[8], discriminator_dims=[8], omega_next_states="noise"), OBS, ACT)
+    noise = H2O(H2OConfig(ratio="classifier", hidden_dims=[8], discriminator_dims=[8], omega_next_states="noise"), OBS, ACT)
     assert torch.isfinite(noise.update(batch())["omega_x_batch_mean"])
 
 

@@ -79,7 +79,10 @@ def config(algo: str, **changes):
     for key, value in {"num_critics": 3, "actor_lr": 1e-3, "critic_lr": 2e-3, "alpha_lr": 3e-3, "value_lr": 4e-3,
                        "discriminator_lr": 5e-3, "model_lr": 6e-3, "lr": 7e-3, "initial_alpha": 0.3,
                        "discriminator_dims": [8], "model_dims": [8], "num_perturbations": 3, "omega_samples": 3,
-                       "num_sampled_actions": 3, **changes}.items():
+                       "num_sampled_actions": 3,
+                       "ratio": "classifier",  # H2O: the paper's estimator, whose math these tests check (the default
+                       # conditional one: tests/test_dynamics_ratio.py)
+                       **changes}.items():
         if hasattr(cfg, key):
             setattr(cfg, key, value)
     return cfg

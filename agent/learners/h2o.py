@@ -24,12 +24,16 @@ Critic, for each member e:
     real data's std (the released code; ``"noise"``).
 Actor and temperature: SAC on the whole mixed batch (min over the ensemble).
 
-``ratio="conditional"`` replaces both discriminators with the conditional estimate of
-``agent.learners.dynamics_ratio`` (H2O+'s idea): a model of the real dynamics fitted on the
-real rows, and a classifier trained only at the sim rows' (s, a) between that model's s' and
-the simulator's; it gives w (1 where the model's members disagree more than the gap) and the
-log-ratio in u(s, a). The default stays the paper's ``classifier`` until ``bench/h2o.py``
-measures which one passes its gates.
+``ratio="conditional"`` (the default) replaces both discriminators with the conditional
+estimate of ``agent.learners.dynamics_ratio`` (H2O+'s idea): a model of the real dynamics
+fitted on the real rows, and a classifier trained only at the sim rows' (s, a) between that
+model's s' and the simulator's; it gives w (1 where the model's members disagree more than
+the gap) and the log-ratio in u(s, a). It is the default because it passes ``bench/h2o.py``'s
+gates on arm reach (200 real episodes, 10k sim steps, 3 seeds, w on 1000 held-out sim
+transitions of the final policy): with nominal physics its median w is 1.00 on every seed
+(mean log w -0.003), and under gravity x1.6 (a paired gap of 0.057 data stds) the mean
+log w falls by 3.9 nats. The paper's two classifiers (``ratio="classifier"``) give a median
+w of 0.05 with nominal physics, and their mean log w falls by only 0.7 nats under the gap.
 
 ``target="mixed"`` is H2O+'s value update in place of the omega penalty: an in-sample value
 V trained by expectile regression on the real rows, L_V = E_real[ |k - 1(u < 0)| u^2 ],
@@ -70,8 +74,8 @@ class H2OConfig:
     model_lr: float = option(1e-3, "dynamics model learning rate", gt=0)
     ratio_min: float = option(1e-5, "lower clip of the sim TD weight w (upper clip is 1; 0: no lower clip)", min=0, max=1)
     ratio: Literal["classifier", "conditional"] = option(
-        "classifier", "dynamics ratio: two classifiers on (s, a) and (s, a, s') (the paper) or a model of the real dynamics "
-                      "and a classifier at sim (s, a) (H2O+)")
+        "conditional", "dynamics ratio: a model of the real dynamics and a classifier at sim (s, a) (H2O+; passes "
+                       "bench/h2o.py's gates) or two classifiers on (s, a) and (s, a, s') (the paper)")
     real_model_members: int = option(5, "conditional ratio: members of the real-dynamics ensemble", min=1)
     ratio_noise: float = option(0.1, "conditional ratio: std of the noise on both classes' s' (normalized) while it trains", min=0)
     backup_entropy: bool = option(False, "subtract alpha log pi(a'|s') in the target")
