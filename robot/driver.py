@@ -45,6 +45,7 @@ from robot.tasks import episode_start
 from robot.transport import COMMAND, RELIABLE, SENSOR_DATA, make_transport
 from sims.arm import kinematics
 from sims.arm.env import ArmEnv
+from sims.gaps import parse_assignments
 
 STAMP_LABEL = "stamp_ns="
 """Prefix of the layout dimension label that carries a command's send time (wall clock,
@@ -75,18 +76,6 @@ def command_stamp(msg: msgs.Float64MultiArray) -> int | None:
     return None
 
 
-def parse_gap(items: list[str]) -> dict:
-    """``["mass_scale=1.2", ...]`` as keyword arguments (values read as YAML scalars);
-    sims.gaps checks names and ranges when the arm is built."""
-    import yaml
-
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--gap entries must look like name=value (e.g. mass_scale=1.2), found {item!r}.")
-        out[name.strip()] = yaml.safe_load(value)
-    return out
 
 
 @dataclass
@@ -410,7 +399,7 @@ def config_from_args(args) -> DriverConfig:
                         joint_states_topic=args.joint_states_topic, command_topic=args.command_topic,
                         trajectory_topic=args.trajectory_topic, object_pose_topic=args.object_pose_topic,
                         reset_topic=args.reset_topic, status_topic=args.status_topic, stale_timeout=args.stale_timeout,
-                        seed=args.seed, stats_out=args.stats_out, gap=parse_gap(args.gap),
+                        seed=args.seed, stats_out=args.stats_out, gap=parse_assignments(args.gap, "--gap"),
                         realtime_priority=args.realtime_priority)
 
 

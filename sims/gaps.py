@@ -98,6 +98,22 @@ class DynamicsGap:
         mujoco.mj_setConst(model, data)  # derived constants (subtree masses, inverse weights)
 
 
+def parse_assignments(items: list[str], flag: str) -> dict:
+    """``["gravity_scale=2.0", ...]`` from a command line as keyword arguments (numbers;
+    ``action_latency_steps`` an integer); names and ranges are checked when the env is made."""
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value) if name.strip() == "action_latency_steps" else float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"{flag} entries must look like name=value with a number (e.g. gravity_scale=2.0), "
+                             f"found {item!r}.")
+    return out
+
+
 def describe_ranges() -> list[str]:
     return [f"{name} in [{low}, {high}]" for name, (low, high) in RANGES.items()]
 

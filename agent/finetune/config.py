@@ -86,16 +86,9 @@ def loop_setting(cfg: FinetuneConfig, name: str):
 
 
 def parse_gap(items: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = int(value) if name.strip() == "action_latency_steps" else float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--sim-gap entries must look like name=value (e.g. gravity_scale=2.0), got {item!r}.")
-    return out
+    from sims.gaps import parse_assignments
+
+    return parse_assignments(items, "--sim-gap")
 
 
 def parse_env_kwargs(items: list[str]) -> dict:
