@@ -76,8 +76,6 @@ def command_stamp(msg: msgs.Float64MultiArray) -> int | None:
     return None
 
 
-
-
 @dataclass
 class DriverConfig:
     task: str = "reach"
