@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", action="store_true",
                    help="also measure trajectory quality (TQ) and state-action coverage (SACo) per source and split")
     p.add_argument("--reference", default="", metavar="STORE", help="--quality: the store SACo is relative to (default: this one)")
-    p.add_argument("--bins", type=int, default=4, help="--quality: intervals per (s, a) dimension for SACo (default: 4)")
+    p.add_argument("--bins", type=int, default=8, help="--quality: intervals per projected (s, a) dimension for SACo (default: 8)")
+    p.add_argument("--components", type=int, default=4,
+                   help="--quality: principal directions of the reference's (s, a) SACo counts cells on (default: 4; 0: every dimension)")
     p.add_argument("--plot", default="", metavar="FILE.png", help="--quality: draw TQ against SACo per group")
 
     p = sub.add_parser("import", help="convert a dataset of another format into a new store",
@@ -263,7 +265,8 @@ def cmd_inspect(args) -> int:
 
         if args.plot and not args.plot.endswith(".png"):
             raise ValueError(f"--plot must name a .png file, got {args.plot!r}.")
-        summary["quality"] = store_quality(store, Store.open(args.reference) if args.reference else None, args.bins)
+        summary["quality"] = store_quality(store, Store.open(args.reference) if args.reference else None, args.bins,
+                                           args.components)
         table += "\n\n" + format_quality(summary["quality"])
         if args.plot:
             plot(summary["quality"], args.plot, f"{store.env_id}: {store.path}")

@@ -7,9 +7,12 @@
   reference returns (the ones normalized scores use).
 * **SACo**, state-action coverage: how many distinct state-action pairs the data visits,
   relative to a reference dataset: ``SACo = u(D) / u(reference)``. The paper counts
-  unique pairs of discrete MDPs; here every dimension of the concatenated (s, a) is cut
-  into ``bins`` equal intervals over the reference's range (values outside fall into the
-  end intervals) and u counts the distinct cells. The reference defaults to the whole
+  unique pairs of discrete MDPs. A grid over every dimension of a robot's (s, a) (35 on
+  the arm) gives nearly every transition a cell of its own, so u would count transitions,
+  not coverage; here (s, a), standardized by the reference, is projected on the
+  reference's ``components`` leading principal directions (default 4; 0 keeps every
+  dimension), each cut into ``bins`` equal intervals over the reference's range (values
+  outside fall into the end intervals), and u counts the distinct cells. The reference defaults to the whole
   store (every source together), so SACo says how much of what the store covers each
   part covers; the paper's reference is the replay of an online learner's whole run,
   which ``--reference STORE`` (e.g. a replay-tier store of the task) gives.
@@ -20,7 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
-DEFAULT_BINS = 4
+DEFAULT_BINS = 8
+DEFAULT_COMPONENTS = 4
 
 
 def trajectory_quality(returns: np.ndarray, reference_returns: tuple[float, float] | None) -> float | None:
@@ -45,9 +49,19 @@ def unique_pairs(pairs: np.ndarray, low: np.ndarray, high: np.ndarray, bins: int
     return int(len(np.unique(cells(pairs, low, high, bins), axis=0)))
 
 
+def projection(reference: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, basis): x -> ((x - mean) / std) @ basis maps (s, a) rows onto the reference's
+    ``components`` leading principal directions (all dimensions, unrotated, for 0)."""
+    mean, std = reference.mean(0), reference.std(0) + 1e-9
+    if components <= 0 or components >= reference.shape[1]:
+        return mean, std, np.eye(reference.shape[1])
+    _, _, vt = np.linalg.svd((reference - mean) / std, full_matrices=False)
+    return mean, std, vt[:components].T
+
+
 def quality(obs: np.ndarray, action: np.ndarray, episode: np.ndarray, returns: np.ndarray, groups: dict[str, np.ndarray],
             reference_returns: tuple[float, float] | None, reference: np.ndarray | None = None,
-            bins: int = DEFAULT_BINS) -> dict:
+            bins: int = DEFAULT_BINS, components: int = DEFAULT_COMPONENTS) -> dict:
     """TQ and SACo per group (a boolean mask over episodes), over the transitions ``obs``,
     ``action`` with their episode index ``episode``; ``reference`` holds the reference's
     (s, a) rows (default: all of these)."""
@@ -58,6 +72,8 @@ def quality(obs: np.ndarray, action: np.ndarray, episode: np.ndarray, returns: n
     if ref.shape[1] != pairs.shape[1]:
         raise ValueError(f"the reference's (s, a) rows have {ref.shape[1]} values, this store's {pairs.shape[1]}; "
                          f"compare stores of the same task.")
+    mean, std, basis = projection(ref, components)
+    pairs, ref = ((pairs - mean) / std) @ basis, ((ref - mean) / std) @ basis
     low, high = ref.min(0), ref.max(0)
     u_ref = unique_pairs(ref, low, high, bins)
     out = {}
@@ -66,12 +82,14 @@ def quality(obs: np.ndarray, action: np.ndarray, episode: np.ndarray, returns: n
         u = unique_pairs(pairs[rows], low, high, bins)
         out[name] = {"episodes": int(mask.sum()), "tq": trajectory_quality(returns[mask], reference_returns),
                      "saco": u / u_ref if u_ref else None, "unique_pairs": u}
-    return {"groups": out, "reference_unique_pairs": u_ref, "bins": bins,
-            "discretization": f"each of the {pairs.shape[1]} (s, a) dimensions cut into {bins} equal intervals over "
-                              f"the reference's range; u = distinct cells"}
+    dims = basis.shape[1]
+    space = (f"(s, a) standardized and projected on the reference's {dims} leading principal directions"
+             if dims < basis.shape[0] else f"each of the {dims} standardized (s, a) dimensions")
+    return {"groups": out, "reference_unique_pairs": u_ref, "bins": bins, "components": dims,
+            "discretization": f"{space}, cut into {bins} equal intervals over the reference's range; u = distinct cells"}
 
 
-def store_quality(store, reference=None, bins: int = DEFAULT_BINS) -> dict:
+def store_quality(store, reference=None, bins: int = DEFAULT_BINS, components: int = DEFAULT_COMPONENTS) -> dict:
     """TQ and SACo of a store's sources (and their splits) against ``reference`` (a Store, or None: itself)."""
     from agent.envs import reference_returns
     from agent.store import load_transitions
@@ -87,7 +105,7 @@ def store_quality(store, reference=None, bins: int = DEFAULT_BINS) -> dict:
         ref = load_transitions(reference, episode_attrs=False)
         ref_pairs = np.concatenate([ref.obs[:reference.num_steps], ref.action], axis=1)
     result = quality(data.obs[:store.num_steps], data.action, episode, attrs["return"], store_groups(attrs),
-                     reference_returns(store.env_id), ref_pairs, bins)
+                     reference_returns(store.env_id), ref_pairs, bins, components)
     result["reference"] = str(reference.path) if reference is not None else "this store (all sources)"
     return result
 
