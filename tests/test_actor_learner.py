@@ -145,6 +145,9 @@ def test_a_slow_learner_lags_while_the_actor_keeps_50_hz(tmp_path):
     # the learner owed one update per step after the warm-up and made fewer: it lags, not the actor
     assert summary["updates"] + summary["skipped_updates"] == 250
     assert summary["updates"] < 150
+    # what it trained at, reported next to what was configured: updates made per step owed
+    assert summary["utd_configured"] == 1.0
+    assert summary["utd_delivered"] == pytest.approx(summary["updates"] / 250) and summary["utd_delivered"] < 0.6
 
 
 def test_killing_the_learner_stops_the_actor_with_a_clear_message(tmp_path):

@@ -568,6 +568,8 @@ class _Learner:
         self.episode = _Episode()
         self.unfinished: _Episode | None = None  # the episode the actor abandoned when it stopped
         self.owed = self.skipped_updates = self.dropped_episodes = 0
+        self.steps_owing = 0  # env steps past the warm-up since this process started, each owing an update
+        self.updates_at_start = state.updates  # a resumed run counts its own session
         self.pushed_version = self.actor_version = 0
         self.updates_at_push = state.updates
         self.last_push = time.monotonic()
@@ -614,6 +616,7 @@ class _Learner:
         self.state.env_steps = m["env_steps"]
         if self.state.env_steps > self.warmup and self.source.ready():
             self.owed += 1
+            self.steps_owing += 1
         if "final_obs" in m:
             self.end_episode(m)
         if self.state.env_steps % self.cfg.log_every == 0 and self.last_update:
@@ -688,11 +691,17 @@ class _Learner:
         metrics["updates_per_s"] = self.utd * self.update_calls / self.update_time if self.update_time > 0 else 0.0
         metrics["online_transitions"] = float(self.source.online.size)
         metrics["updates_owed"] = float(self.owed)
+        metrics["utd_delivered"] = self.delivered_utd()
         metrics["weight_version_pushed"] = float(self.pushed_version)
         self.logger.log(self.state.env_steps, metrics, prefix="train/")
         self.metrics.update(metrics)
         self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("q_mean", "alpha", "updates_owed") if k in metrics})
         self.update_time, self.update_calls = 0.0, 0
+
+    def delivered_utd(self) -> float:
+        """Critic updates made per env step past the warm-up (``utd`` when the learner keeps
+        up, less when it falls behind): what the run actually trained at."""
+        return self.utd * (self.state.updates - self.updates_at_start) / self.steps_owing if self.steps_owing else 0.0
 
     def push(self, final: bool = False) -> None:
         state = {name: {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -846,6 +855,7 @@ def finetune_actor_learner(cfg: FinetuneConfig, resume: bool = False, progress: 
                "offline_draws": source.offline_draws, "first_update_step": state.first_update_step, "resumed": resume,
                "actor_learner": True,
                "skipped_updates": side.skipped_updates + side.owed, "dropped_episodes": side.dropped_episodes,
+               "utd_configured": float(side.utd), "utd_delivered": side.delivered_utd(),
                "weight_versions_pushed": side.pushed_version, "actor": actor_summary, **summary_entry(decision), **summary}
     interrupted_run = side.stopping == "interrupted" or final.get("reason") == "interrupted"
     if interrupted_run:
