@@ -96,6 +96,14 @@ def colcon_build_path(install: Path) -> list[str]:
     return [str(build), *map(str, (install / "lib").glob("python3*/site-packages"))]
 
 
+def test_node_executables_run_under_the_python_that_ran_colcon(colcon_install):
+    """What the README's workstation recipe rests on: colcon run from a venv makes nodes that
+    run in that venv (where pip put torch, mujoco and cyclonedds)."""
+    for name in EXECUTABLES:
+        shebang = (colcon_install / "lib" / "agent" / name).read_text().splitlines()[0]
+        assert shebang == f"#!{os.path.normpath(sys.executable)}"
+
+
 def test_installed_node_executables_run_from_the_install_tree(colcon_build):
     colcon_install, path = colcon_build
     env = {**os.environ, "PYTHONPATH": path}
