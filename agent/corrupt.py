@@ -94,7 +94,10 @@ def corrupt(cfg: CorruptConfig) -> dict:
     if cfg.mode == "adversarial" and cfg.kind != "reward" and not cfg.attacker:
         raise ValueError(f"adversarial {cfg.kind} corruption lowers a critic's value: pass --attacker RUN (a trained IQL, "
                          f"TD3+BC or SAC-family run on this data), or use --mode random.")
+    from agent.label import require_actions
+
     src = Store.open(cfg.data)
+    require_actions(src)  # placeholder actions would come out looking recorded
     if src.image_keys():
         raise ValueError(f"store {cfg.data!r} holds camera images; corrupt copies low-dimensional stores only.")
     rng = np.random.default_rng(cfg.seed)
@@ -143,7 +146,8 @@ def corrupt(cfg: CorruptConfig) -> dict:
                        action_space=_space(src, "action_space"), control_rate=src.attrs.get("control_rate"),
                        env_kwargs=src.attrs.get("env_kwargs") or {}, reference_returns=tuple(reference) if reference else None,
                        sim_state_dims={k: tuple(src.array_specs[f"data/sim_state/{k}"]["row"]) for k in src.sim_state_keys()},
-                       extra_attrs={"corrupted_from": {"store": str(src.path), "transitions": int(idx.size), **settings}})
+                       extra_attrs={**provenance(src), "corrupted_from": {"store": str(src.path), "transitions": int(idx.size),
+                                                                           **settings}})
     written = 0
     try:
         for e in range(src.num_episodes):
@@ -169,12 +173,23 @@ def corrupt(cfg: CorruptConfig) -> dict:
                 lineage = json.dumps({"corrupted": {**settings, "steps": mine, "from_step": s0}})
                 dst.append_episode(part, EpisodeAttrs(source=str(attrs["source"][e]), parents=[e], quality=str(attrs["quality"][e]),
                                                       split=str(attrs["split"][e]), seed=int(attrs["seed"][e]),
-                                                      generator_hash=str(attrs["generator_hash"][e]), lineage=lineage))
+                                                      generator_hash=str(attrs["generator_hash"][e]),
+                                                      checkpoint=str(attrs["checkpoint"][e]), lineage=lineage))
                 written += 1
     finally:
         dst.close()
     return {"store": cfg.out, "from": cfg.data, "kind": cfg.kind, "mode": cfg.mode, "transitions": steps,
             "corrupted": int(idx.size), "episodes": written}
+
+
+STANDARD_ATTRS = {"format", "version", "env_id", "env_kwargs", "observation_space", "action_space", "control_rate",
+                  "software", "reference_returns", "arrays"}
+
+
+def provenance(store: Store) -> dict:
+    """The root attributes a derived copy keeps: where the data came from (imported_from, an
+    earlier corruption or labelling), everything but the layout the new store writes itself."""
+    return {k: v for k, v in store.attrs.items() if k not in STANDARD_ATTRS}
 
 
 def _space(store: Store, name: str):

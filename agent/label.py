@@ -52,6 +52,8 @@ def require_actions(store: Store) -> None:
 def _copy(src: Store, out: str, extra_attrs: dict) -> Store:
     import gymnasium
 
+    from agent.corrupt import provenance
+
     def space(name):
         spec = src.attrs[name]
         low = np.array([-np.inf if v is None else v for v in spec["low"]], np.float32).reshape(spec["shape"])
@@ -63,7 +65,7 @@ def _copy(src: Store, out: str, extra_attrs: dict) -> Store:
                         control_rate=src.attrs.get("control_rate"), env_kwargs=src.attrs.get("env_kwargs") or {},
                         reference_returns=tuple(reference) if reference else None,
                         sim_state_dims={k: tuple(src.array_specs[f"data/sim_state/{k}"]["row"]) for k in src.sim_state_keys()},
-                        extra_attrs=extra_attrs)
+                        extra_attrs={**provenance(src), **extra_attrs})
 
 
 def _attrs(attrs: dict, e: int, **changes) -> EpisodeAttrs:
@@ -85,17 +87,18 @@ def forget(cfg: LabelConfig) -> dict:
     chosen = np.zeros(src.num_episodes, bool)
     chosen[rng.choice(src.num_episodes, size=int(round(cfg.forget * src.num_episodes)), replace=False)] = True
     attrs = src.episode_attrs()
+    already = action_free_mask(src)
     dst = _copy(src, cfg.out, {"actions_forgotten": {"store": str(src.path), "fraction": cfg.forget, "seed": cfg.seed}})
     try:
         for e in range(src.num_episodes):
             ep = _episode(src, e, bool(attrs["success"][e]))
             if chosen[e]:
                 ep["action"] = np.zeros_like(ep["action"])
-            dst.append_episode(ep, _attrs(attrs, e, action_free=bool(chosen[e]),
-                                          lineage=json.dumps({"actions_forgotten": True}) if chosen[e] else ""))
+            lineage = json.dumps({"actions_forgotten": True}) if chosen[e] else str(attrs.get("lineage", [""] * (e + 1))[e])
+            dst.append_episode(ep, _attrs(attrs, e, action_free=bool(chosen[e] or already[e]), lineage=lineage))
     finally:
         dst.close()
-    return {"store": cfg.out, "from": cfg.data, "episodes": int(src.num_episodes), "action_free": int(chosen.sum())}
+    return {"store": cfg.out, "from": cfg.data, "episodes": int(src.num_episodes), "action_free": int((chosen | already).sum())}
 
 
 def label(cfg: LabelConfig) -> dict:
@@ -118,7 +121,8 @@ def label(cfg: LabelConfig) -> dict:
                          f"at least 2 (one to learn from, one to measure it on).")
     cache = load_transitions(src)
     starts, ends = cache.episode_starts, cache.episode_ends
-    held = known[len(known) - max(1, int(round(cfg.holdout * len(known)))):] if cfg.holdout > 0 else known[:0]
+    n_held = min(max(1, int(round(cfg.holdout * len(known)))), len(known) - 1) if cfg.holdout > 0 else 0  # one left to learn from
+    held = known[len(known) - n_held:]
     train = np.setdiff1d(known, held)
     rows = lambda eps: np.concatenate([np.arange(starts[e], ends[e]) for e in eps]) if len(eps) else np.zeros(0, int)  # noqa: E731
     train_rows, held_rows = rows(train), rows(held)

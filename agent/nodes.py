@@ -129,7 +129,10 @@ def parse_node(argv: list[str], node_name: str) -> NodeArgs:
             elif arg in ("-r", "--remap"):
                 name, val = _assignment(value, arg)
                 only, _, bare = name.rpartition(":") if ":" in name.lstrip("~") else ("", "", name)
-                if bare in ("__node", "__name"):
+                if only and only != node_name:  # a rule for another node of the launch
+                    if bare not in ("__node", "__name", "__ns"):
+                        remaps.append((bare, val, only))
+                elif bare in ("__node", "__name"):
                     node_name = val
                 elif bare == "__ns":
                     if not val.startswith("/"):
@@ -220,7 +223,7 @@ def sim_driver_argv(argv: list[str]) -> list[str]:
         params["rate"] = params.pop("control_rate")
     params.pop("control_rate", None)
     _check_transport(params, "sim_driver")
-    out = ["robot", "sim-driver"]
+    out = ["robot", "sim-driver", "--node-name", node.node_name, "--namespace", node.namespace]
     for name, (flag, default) in SIM_DRIVER_PARAMETERS.items():
         value = params.get(name, default)
         if name.endswith("_topic") and _given(value):
@@ -253,8 +256,8 @@ def finetune_argv(argv: list[str]) -> list[str]:
             if "," in value:
                 raise ValueError(f"finetune_node's {name} must not contain ',' (it separates --env-kwargs), found {value!r}.")
             env_kwargs[kwarg] = value
-    if env_kwargs:
-        out += ["--env-kwargs", ",".join(f"{k}={v}" for k, v in env_kwargs.items())]
+    env_kwargs.update(node_name=node.node_name, namespace=node.namespace)  # how ROS tools list the node
+    out += ["--env-kwargs", ",".join(f"{k}={v}" for k, v in env_kwargs.items())]
     return out
 
 

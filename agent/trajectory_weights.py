@@ -6,9 +6,11 @@ behaviour is constrained to its better part.
 For episode i with return G_i and first observation s0_i:
 
 * ``return``: score z_i = (G_i - min G) / (max G - min G);
-* ``advantage``: score z_i = A_i / (max A - min A), A_i = G_i - V(s0_i), V the least-squares
-  linear fit of G on s0 (with a constant); it ranks episodes by how much better they did
-  than episodes that started alike, where the start decides much of the return;
+* ``advantage``: score z_i = (A_i - min A) / (max A - min A), A_i = G_i - V(s0_i), V a
+  ridge fit (penalty 1 on the standardized s0, none on the constant) of G on s0; it ranks
+  episodes by how much better they did than episodes that started alike, where the start
+  decides much of the return (the ridge keeps V from passing through every episode when
+  there are about as many episodes as state dimensions);
 * weight W_i = exp(z_i / temperature) (temperature 0.1, the paper's), and every transition
   of episode i is drawn with probability proportional to W_i.
 
@@ -23,6 +25,7 @@ import numpy as np
 
 Sampling = Literal["uniform", "return", "advantage"]
 DEFAULT_TEMPERATURE = 0.1
+RIDGE = 1.0  # penalty of the advantage's value fit, on standardized first observations
 
 
 def episode_scores(kind: Sampling, returns: np.ndarray, first_obs: np.ndarray) -> np.ndarray:
@@ -31,13 +34,16 @@ def episode_scores(kind: Sampling, returns: np.ndarray, first_obs: np.ndarray) -
     if kind == "return":
         value = returns
     elif kind == "advantage":
-        design = np.concatenate([np.asarray(first_obs, np.float64), np.ones((len(returns), 1))], axis=1)
-        coef, *_ = np.linalg.lstsq(design, returns, rcond=None)
-        value = returns - design @ coef
+        s0 = np.asarray(first_obs, np.float64)
+        x = (s0 - s0.mean(0)) / (s0.std(0) + 1e-9)
+        centred = returns - returns.mean()
+        coef = np.linalg.solve(x.T @ x + RIDGE * np.eye(x.shape[1]), x.T @ centred)
+        value = centred - x @ coef
     else:
         raise ValueError(f"sampling must be uniform, return or advantage, found {kind!r}.")
     span = value.max() - value.min() if len(value) else 0.0
-    if not span > 1e-12 * max(1.0, float(np.abs(value).max(initial=0.0))):
+    scale = returns.max() - returns.min() if len(returns) else 0.0
+    if not span > 1e-9 * max(1.0, float(scale)):  # no spread worth the name (relative to the returns'): uniform
         return np.zeros_like(value)
     return (value - value.min()) / span
 

@@ -20,7 +20,7 @@ from robot import cdr
 ROS_TYPE = "rmw_dds_common/msg/ParticipantEntitiesInfo"
 DDS_TYPE = "rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"
 TOPIC = "ros_discovery_info"
-GID_SIZES = {"humble": 24}  # earlier releases than Iron carry 24 bytes; Iron and later 16
+GID_SIZES = {"foxy": 24, "galactic": 24, "humble": 24}  # releases before Iron carry 24 bytes; Iron and later 16
 
 
 def gid_size(distro: str | None = None) -> int:

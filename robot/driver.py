@@ -86,6 +86,10 @@ class DriverConfig:
     """ROS 2 domain id (None: ROS_DOMAIN_ID, else 0)"""
     transport: str = "auto"
     """auto, dds, rclpy or local"""
+    node_name: str = "sim_driver"
+    """the node's name on the ROS graph"""
+    namespace: str = "/"
+    """the node's namespace on the ROS graph"""
     joint_states_topic: str = "/joint_states"
     command_topic: str = "/forward_position_controller/commands"
     trajectory_topic: str = "/joint_trajectory_controller/joint_trajectory"
@@ -147,7 +151,8 @@ class SimDriver:
         self.state_qpos = np.append(self.physics.qpos_index, self.physics.finger_qpos)
         self.state_dof = np.append(self.physics.dof_index, self.physics.finger_dof)
         self.target = self.data.ctrl[self.ctrl_index].copy()
-        self.transport = transport or make_transport(cfg.transport, cfg.domain_id, node_name="sim_driver")
+        self.transport = transport or make_transport(cfg.transport, cfg.domain_id, node_name=cfg.node_name,
+                                                     namespace=cfg.namespace)
         self.domain_id = getattr(self.transport, "domain_id", cfg.domain_id)
         t = self.transport
         self.state_pub = t.publisher(cfg.joint_states_topic, msgs.JointState, RELIABLE)
@@ -376,6 +381,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rate", type=float, default=d.rate, help="control rate in Hz (default: 20)")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS 2 domain id (default: ROS_DOMAIN_ID, else 0)")
     parser.add_argument("--transport", default=d.transport, choices=["auto", "dds", "rclpy"], help="auto: rclpy when importable, else Cyclone DDS")
+    parser.add_argument("--node-name", default=d.node_name, help="the node's name on the ROS graph (default: sim_driver)")
+    parser.add_argument("--namespace", default=d.namespace, help="the node's namespace on the ROS graph (default: /)")
     parser.add_argument("--joint-states-topic", default=d.joint_states_topic)
     parser.add_argument("--command-topic", default=d.command_topic)
     parser.add_argument("--trajectory-topic", default=d.trajectory_topic)
@@ -394,6 +401,7 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> DriverConfig:
     return DriverConfig(task=args.task, rate=args.rate, domain_id=args.domain_id, transport=args.transport,
+                        node_name=args.node_name, namespace=args.namespace,
                         joint_states_topic=args.joint_states_topic, command_topic=args.command_topic,
                         trajectory_topic=args.trajectory_topic, object_pose_topic=args.object_pose_topic,
                         reset_topic=args.reset_topic, status_topic=args.status_topic, stale_timeout=args.stale_timeout,

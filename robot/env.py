@@ -73,7 +73,7 @@ class RobotArmEnv(gymnasium.Env):
                  status_topic: str = "/agent/status", state_timeout: float = 0.5, connect_timeout: float = 10.0,
                  pause_timeout: float = 30.0, intervention_timeout: float = 0.25, workspace: list | str | None = None,
                  reset_speed: float = 0.5, reset_tolerance: float = 0.02, record_dir: str = "",
-                 record_typestore: str = "humble"):
+                 record_typestore: str = "humble", node_name: str = "agent", namespace: str = "/"):
         self.task = make_task(task)
         self.env_id = "robot/" + self.task.env_id.split("/", 1)[1]
         if reward not in ("dense", "sparse"):
@@ -85,6 +85,7 @@ class RobotArmEnv(gymnasium.Env):
                 raise ValueError(f"{name} must be a positive number for {self.env_id}, found {value!r}.")
         self.domain_id = resolve_domain_id(domain_id)
         self.transport_kind = transport
+        self.node_name, self.namespace = node_name, namespace  # what ROS tools list this env's node as
         self.topics = {"joint_states": joint_states_topic, "command": command_topic, "trajectory": trajectory_topic,
                        "object_pose": object_pose_topic, "reset": reset_topic, "estop": estop_topic,
                        "intervention": intervention_topic, "status": status_topic}
@@ -147,7 +148,8 @@ class RobotArmEnv(gymnasium.Env):
     def _connect(self) -> None:
         if self._transport is not None:
             return
-        t = self._transport = make_transport(self.transport_kind, self.domain_id, node_name="agent")
+        t = self._transport = make_transport(self.transport_kind, self.domain_id, node_name=self.node_name,
+                                             namespace=self.namespace)
         tp = self.topics
         self._state_sub = t.subscription(tp["joint_states"], msgs.JointState, SENSOR_DATA)
         self._pose_sub = t.subscription(tp["object_pose"], msgs.PoseStamped, SENSOR_DATA) if self.has_object else None

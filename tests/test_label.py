@@ -50,6 +50,17 @@ def test_forgotten_actions_are_flagged_refused_by_training_and_labelled_back(dat
              progress=False)
 
 
+def test_forgetting_again_keeps_what_was_already_action_free(data, tmp_path):
+    label(LabelConfig(data=str(data), out=str(tmp_path / "a.zarr"), forget=0.25, seed=1))
+    label(LabelConfig(data=str(tmp_path / "a.zarr"), out=str(tmp_path / "b.zarr"), forget=0.25, seed=2))
+    first, second = action_free_mask(Store.open(tmp_path / "a.zarr")), action_free_mask(Store.open(tmp_path / "b.zarr"))
+    assert np.all(second[first]) and second.sum() > first.sum()
+    with pytest.raises(ValueError, match="action-free episodes"):  # corrupting placeholders would hide them
+        from agent.corrupt import CorruptConfig, corrupt
+
+        corrupt(CorruptConfig(data=str(tmp_path / "b.zarr"), out=str(tmp_path / "c.zarr")))
+
+
 def test_nothing_to_label_or_nothing_to_learn_from_is_one_sentence(data, tmp_path):
     with pytest.raises(ValueError, match="has no action-free episodes"):
         label(LabelConfig(data=str(data), out=str(tmp_path / "x.zarr")))

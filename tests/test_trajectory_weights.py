@@ -24,11 +24,18 @@ def test_return_weights_match_a_hand_computation():
         transition_probabilities("return", np.zeros(2), np.zeros((2, 1)), np.ones(2, int), 0.0)
 
 
-def test_advantage_scores_are_the_residuals_of_a_linear_fit_on_the_first_state():
-    # G = [0, 2, 2, 6] over s0 = 0..3: least squares G = 1.8 s0 - 0.2, residuals 0.2, 0.4, -1.4, 0.8,
-    # scaled by their range 2.2 from the lowest
+def test_advantage_scores_are_the_residuals_of_a_ridge_fit_on_the_first_state():
+    # G = [0, 2, 2, 6] over s0 = 0..3: s0 standardized x = (s0 - 1.5) / sqrt(1.25), G centred y = G - 2.5;
+    # ridge slope (x.y) / (x.x + 1) = 8.05 / 5 = 1.61; residuals y - 1.61 x = -0.34, 0.22, -1.22, 1.34,
+    # scaled by their range 2.56 from the lowest: 0.344, 0.5625, 0, 1
     z = episode_scores("advantage", np.array([0.0, 2.0, 2.0, 6.0]), np.arange(4.0)[:, None])
-    np.testing.assert_allclose(z, [1.6 / 2.2, 1.8 / 2.2, 0.0, 1.0])
+    np.testing.assert_allclose(z, [0.34375, 0.5625, 0.0, 1.0], atol=1e-4)
+    # as many episodes as state dimensions: least squares would fit every return exactly and leave rounding
+    # noise to weight by; the ridge leaves the returns' own spread
+    rng = np.random.default_rng(0)
+    returns = rng.normal(100, 10, 36)
+    z = episode_scores("advantage", returns, rng.normal(size=(36, 35)))
+    assert np.corrcoef(z, returns)[0, 1] > 0.5
     with pytest.raises(ValueError, match="uniform, return or advantage"):
         episode_scores("best", np.zeros(2), np.zeros((2, 1)))
 

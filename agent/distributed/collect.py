@@ -50,12 +50,17 @@ class RayEpisodes:
         self.cfg, self.count = cfg, cfg.episodes
         self.episode_timeout = episode_timeout
         self.ray, self._started = connect(cfg.ray, cfg.actors)
-        remote = self.ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(Rollouts)
-        self.actors = [remote.remote(to_dict(cfg), first, sim_keys) for _ in range(cfg.actors)]
+        self.actors: list = []
         self._next = 0
         self._refs: dict = {}
-        for _ in range(IN_FLIGHT_PER_ACTOR * len(self.actors)):
-            self._submit()
+        try:
+            remote = self.ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(Rollouts)
+            self.actors = [remote.remote(to_dict(cfg), first, sim_keys) for _ in range(cfg.actors)]
+            for _ in range(IN_FLIGHT_PER_ACTOR * len(self.actors)):
+                self._submit()
+        except BaseException:
+            self.close()  # the cluster this started must not outlive a failed start
+            raise
 
     def _submit(self) -> None:
         if self._next < self.count:

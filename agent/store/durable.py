@@ -223,8 +223,11 @@ class ObjectLease:
         try:
             self.etag = self._put(mode="create")
             return self
-        except (FileExistsError, OSError):
+        except FileExistsError:  # a lease object is there (the conditional PUT's 412)
             pass
+        except OSError as exc:
+            raise ValueError(f"store {self.display!r}: cannot write its writer lease ({type(exc).__name__}: {exc}); "
+                             f"check the credentials and that the bucket takes writes.") from None
         holder, etag = self._read()
         if holder is not None and float(holder.get("expires", 0)) > time.time():
             raise ValueError(
@@ -235,7 +238,7 @@ class ObjectLease:
             )
         try:  # expired (a killed writer) or deleted meanwhile
             self.etag = self._put(IfMatch=etag) if etag else self._put(mode="create")
-        except (FileExistsError, OSError):
+        except (FileExistsError, FileNotFoundError):
             raise ValueError(f"store {self.display!r}: another writer took the expired writer lease first; "
                              f"a store takes one writer at a time.") from None
         self.stale_holder = holder
@@ -248,12 +251,22 @@ class ObjectLease:
                             f"with mode='a' to append.")
         try:
             self.etag = self._put(IfMatch=self.etag)
+            return
         except (FileExistsError, FileNotFoundError, OSError):
-            self.etag = None
-            raise LeaseLost(
-                f"store {self.display!r}: this writer's lease expired and another writer took the store over; "
-                f"nothing more was written by this one. Reopen the store to append after the other writer's episodes."
-            ) from None
+            pass
+        # a failed conditional PUT, or a network error whose retry met our own new ETag: the record says whose it is
+        holder, etag = self._read()
+        if holder is not None and holder.get("owner") == self.owner and etag:
+            try:  # still ours (nobody wrote it since): renew from the ETag it has now
+                self.etag = self._put(IfMatch=etag)
+                return
+            except (FileExistsError, FileNotFoundError, OSError):
+                pass
+        self.etag = None
+        raise LeaseLost(
+            f"store {self.display!r}: this writer's lease expired and another writer took the store over; "
+            f"nothing more was written by this one. Reopen the store to append after the other writer's episodes."
+        )
 
     def release(self) -> None:
         if self.etag is None:

@@ -284,15 +284,17 @@ class Store:
     def close(self) -> None:
         """Trim arrays to the committed length (they grow ahead in whole chunks while
         writing) and release the writer lock."""
-        if self._lock is not None and self.writable:
-            try:
-                self.trim_to_commit()
-            except LeaseLost:
-                pass  # another writer holds the store now: its arrays are not this one's to trim
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self.writable = False
+        try:
+            if self._lock is not None and self.writable:
+                try:
+                    self.trim_to_commit()
+                except LeaseLost:
+                    pass  # another writer holds the store now: its arrays are not this one's to trim
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self.writable = False
 
     def __enter__(self) -> "Store":
         return self

@@ -57,7 +57,7 @@ def rclpy_available() -> bool:
     return rclpy_status()[0]
 
 
-def make_transport(kind: str = "auto", domain_id: int | None = None, node_name: str = "agent") -> Transport:
+def make_transport(kind: str = "auto", domain_id: int | None = None, node_name: str = "agent", namespace: str = "/") -> Transport:
     """A transport of ``kind`` ("auto", "dds", "rclpy" or "local") on ``domain_id`` (None: ROS_DOMAIN_ID or 0)."""
     if kind not in KINDS:
         raise ValueError(f"Transport kind must be one of {', '.join(KINDS)}, found {kind!r}.")
@@ -78,6 +78,6 @@ def make_transport(kind: str = "auto", domain_id: int | None = None, node_name: 
                 f"built for, or use kind 'dds'."
             )
         from robot.transport.rclpy_transport import RclpyTransport
-        return RclpyTransport(domain, node_name)
+        return RclpyTransport(domain, node_name, namespace=namespace)
     from robot.transport.dds import DdsTransport
-    return DdsTransport(domain, node_name)
+    return DdsTransport(domain, node_name, namespace=namespace)

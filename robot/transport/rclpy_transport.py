@@ -77,13 +77,13 @@ class RclpyTransport(Transport):
 
     kind = "rclpy"
 
-    def __init__(self, domain_id: int = 0, node_name: str = "agent", args: list[str] | None = None):
+    def __init__(self, domain_id: int = 0, node_name: str = "agent", args: list[str] | None = None, namespace: str = "/"):
         super().__init__()
         self.domain_id, self.node_name = domain_id, node_name
         self.context = rclpy.Context()
         # args carries --ros-args (remappings, parameters) when a launch file starts the node
         self.context.init(args=args, domain_id=domain_id)
-        self.node = rclpy.create_node(node_name, context=self.context)
+        self.node = rclpy.create_node(node_name, namespace=namespace, context=self.context)
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name=f"rclpy-{node_name}", daemon=True)

@@ -164,7 +164,7 @@ def test_parameter_file_is_understood_by_both_nodes_and_the_cli(tmp_path):
         "rate": "20.0", "joint_states_topic": "/joint_states", "command_topic": "/forward_position_controller/commands",
         "trajectory_topic": "/joint_trajectory_controller/joint_trajectory", "object_pose_topic": "/object_pose",
         "estop_topic": "/agent/estop", "intervention_topic": "/agent/intervention", "status_topic": "/agent/status",
-        "transport": "auto"}
+        "transport": "auto", "node_name": "finetune_node", "namespace": "/"}
     args = parse_cli(sim)
     assert (args.task, args.rate, args.stale_timeout, args.domain_id, args.transport) == ("reach", 20.0, 0.5, None, "auto")
 
@@ -173,7 +173,7 @@ def test_parameter_file_is_understood_by_both_nodes_and_the_cli(tmp_path):
 def test_sim_driver_translates_ros_parameters_into_the_cli():
     argv = nodes.sim_driver_argv(["--ros-args", "-p", "task:=push", "-p", "control_rate:=50", "-p", "domain_id:=7",
                                   "-p", "joint_states_topic:=/arm/joint_states", "--param", "stale_timeout:=0.25"])
-    assert argv == ["robot", "sim-driver", "--task", "push", "--rate", "50", "--domain-id", "7",
+    assert argv == ["robot", "sim-driver", "--node-name", "sim_driver", "--namespace", "/", "--task", "push", "--rate", "50", "--domain-id", "7",
                     "--joint-states-topic", "/arm/joint_states",
                     "--command-topic", "/forward_position_controller/commands",
                     "--trajectory-topic", "/joint_trajectory_controller/joint_trajectory",
@@ -193,7 +193,7 @@ def test_finetune_node_translates_flags_and_parameters_with_precedence(tmp_path)
     args = parse_cli(argv)
     assert args.env == "robot/ArmPickPlace-v0" and args.algo == "sac" and args.init == "runs/calql"
     assert args.steps == 300 and args.out == "runs/x"  # plain flags beat -p, which beats files
-    assert args.env_kwargs == ["domain_id=12"]
+    assert args.env_kwargs == ["domain_id=12", "node_name=finetune_node", "namespace=/"]
 
 
 @pytest.mark.parametrize(
@@ -228,10 +228,14 @@ def test_namespaces_remaps_and_node_names_move_the_topics_as_ros_2_resolves_them
     assert kwargs["command_topic"] == "/robot1/commands"  # relative: under the namespace
     assert kwargs["status_topic"] == "/robot1/arm_learner/status"  # node-specific rule to a private name
     assert "estop_topic" not in kwargs  # another node's rule; the absolute default stays
+    assert (kwargs["node_name"], kwargs["namespace"]) == ("arm_learner", "/robot1")  # what ros2 node list shows
+    other = parse_cli(nodes.finetune_argv(["--ros-args", "-r", "sim_driver:__ns:=/sim", "-r", "sim_driver:__node:=arm"]))
+    assert dict(kv.split("=", 1) for kv in other.env_kwargs)["namespace"] == "/"  # another node's name rules
     sim = parse_cli(nodes.sim_driver_argv(["--ros-args", "-r", "__ns:=/robot1", "-r", "/joint_states:=joint_states",
                                            "-p", "command_topic:=commands"]))
     assert (sim.joint_states_topic, sim.command_topic, sim.object_pose_topic) == (
         "/robot1/joint_states", "/robot1/commands", "/object_pose")
+    assert (sim.node_name, sim.namespace) == ("sim_driver", "/robot1")
     assert nodes.resolve_name("~/x", "/", "n") == "/n/x" and nodes.resolve_name("x", "/", "n") == "/x"
     with pytest.raises(ValueError, match="must be an absolute namespace"):
         nodes.finetune_argv(["--ros-args", "-r", "__ns:=robot1"])
@@ -240,4 +244,4 @@ def test_namespaces_remaps_and_node_names_move_the_topics_as_ros_2_resolves_them
 
 
 def test_use_sim_time_from_launch_is_accepted():
-    assert nodes.sim_driver_argv(["--ros-args", "-p", "use_sim_time:=false"])[:4] == ["robot", "sim-driver", "--task", "reach"]
+    assert nodes.sim_driver_argv(["--ros-args", "-p", "use_sim_time:=false"])[6:8] == ["--task", "reach"]

@@ -305,7 +305,7 @@ def test_ros_discovery_info_names_the_node_and_its_endpoints_as_ros_tools_read_i
 
     monkeypatch.setenv("ROS_DISTRO", distro)
     domain = random_domain()
-    with make_transport("dds", domain, node_name="announced") as t:
+    with make_transport("dds", domain, node_name="announced", namespace="/robot1") as t:
         pub = t.publisher("/agent/estop", msgs.Bool, LATCHED)
         sub = t.subscription("/joint_states", msgs.JointState, SENSOR_DATA)
         observer = DomainParticipant(domain)
@@ -321,7 +321,7 @@ def test_ros_discovery_info_names_the_node_and_its_endpoints_as_ros_tools_read_i
         info = seen[-1]
         assert bytes(info.gid.data[:16]) == t.participant.guid.bytes and not any(info.gid.data[16:])
         (node,) = info.node_entities_info_seq
-        assert (node.node_namespace, node.node_name) == ("/", "announced")
+        assert (node.node_namespace, node.node_name) == ("/robot1", "announced")
         assert [bytes(g.data[:16]) for g in node.writer_gid_seq] == [pub._writer.guid.bytes]
         assert [bytes(g.data[:16]) for g in node.reader_gid_seq] == [sub._reader.guid.bytes]
         sub.close()  # a closed endpoint leaves the node's list
