@@ -33,7 +33,7 @@ gates on arm reach (200 real episodes, 10k sim steps, 3 seeds, w on 1000 held-ou
 transitions of the final policy): with nominal physics its median w is 1.00 on every seed
 (mean log w -0.003), and under gravity x1.6 (a paired gap of 0.057 data stds) the mean
 log w falls by 3.9 nats. The paper's two classifiers (``ratio="classifier"``) give a median
-w of 0.05 with nominal physics, and their mean log w falls by only 0.7 nats under the gap.
+w of 0.05 with nominal physics, and their mean log w falls by only 0.45 nats under the gap.
 
 ``target="mixed"`` is H2O+'s value update in place of the omega penalty: an in-sample value
 V trained by expectile regression on the real rows, L_V = E_real[ |k - 1(u < 0)| u^2 ],
