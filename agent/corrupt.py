@@ -142,8 +142,8 @@ def corrupt(cfg: CorruptConfig) -> dict:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("data", "out")}
     attrs = src.episode_attrs()
     reference = src.attrs.get("reference_returns")
-    dst = Store.create(cfg.out, env_id=src.env_id, observation_space=_space(src, "observation_space"),
-                       action_space=_space(src, "action_space"), control_rate=src.attrs.get("control_rate"),
+    dst = Store.create(cfg.out, env_id=src.env_id, observation_space=stored_space(src, "observation_space"),
+                       action_space=stored_space(src, "action_space"), control_rate=src.attrs.get("control_rate"),
                        env_kwargs=src.attrs.get("env_kwargs") or {}, reference_returns=tuple(reference) if reference else None,
                        sim_state_dims={k: tuple(src.array_specs[f"data/sim_state/{k}"]["row"]) for k in src.sim_state_keys()},
                        extra_attrs={**provenance(src), "corrupted_from": {"store": str(src.path), "transitions": int(idx.size),
@@ -192,7 +192,7 @@ def provenance(store: Store) -> dict:
     return {k: v for k, v in store.attrs.items() if k not in STANDARD_ATTRS}
 
 
-def _space(store: Store, name: str):
+def stored_space(store: Store, name: str):
     import gymnasium
 
     spec = store.attrs[name]

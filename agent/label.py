@@ -50,18 +50,11 @@ def require_actions(store: Store) -> None:
 
 
 def _copy(src: Store, out: str, extra_attrs: dict) -> Store:
-    import gymnasium
-
-    from agent.corrupt import provenance
-
-    def space(name):
-        spec = src.attrs[name]
-        low = np.array([-np.inf if v is None else v for v in spec["low"]], np.float32).reshape(spec["shape"])
-        high = np.array([np.inf if v is None else v for v in spec["high"]], np.float32).reshape(spec["shape"])
-        return gymnasium.spaces.Box(low, high, dtype=np.float32)
+    from agent.corrupt import provenance, stored_space
 
     reference = src.attrs.get("reference_returns")
-    return Store.create(out, env_id=src.env_id, observation_space=space("observation_space"), action_space=space("action_space"),
+    return Store.create(out, env_id=src.env_id, observation_space=stored_space(src, "observation_space"),
+                        action_space=stored_space(src, "action_space"),
                         control_rate=src.attrs.get("control_rate"), env_kwargs=src.attrs.get("env_kwargs") or {},
                         reference_returns=tuple(reference) if reference else None,
                         sim_state_dims={k: tuple(src.array_specs[f"data/sim_state/{k}"]["row"]) for k in src.sim_state_keys()},
