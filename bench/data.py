@@ -196,7 +196,7 @@ def rows_for(name: str, groups: list[str], stores: dict, work: Path, quick: bool
     if "action_free" in groups and (full := scores(name, "reach-medium", "iql")) and (lab := scores(name, "reach-labelled", "iql")):
         report = json.loads((work / "label_report.json").read_text())
         rows.append(row("action_free_labelled_over_full", iqm_ci(lab)[0] / max(iqm_ci(full)[0], 1e-9), "ratio", ">= 0.9",
-                        f"IQL with {100 * (1 - report['settings'].get('forget', 0.9)):.0f}% of episodes labelled, the rest by agent label (held-out MSE {report['heldout_mse']:.4f} "
+                        f"IQL with {100 * (1 - report.get('settings', {}).get('forget', 0.9)):.0f}% of episodes labelled, the rest by agent label (held-out MSE {report['heldout_mse']:.4f} "
                         f"vs {report['heldout_mse_of_the_mean_action']:.4f} for the mean action): {ci(lab)}; fully labelled {ci(full)}"))
     if "prdc" in groups and (p := scores(name, "push-medium", "prdc")) and (t := scores(name, "push-medium", "td3bc")):
         i = scores(name, "push-medium", "iql")
