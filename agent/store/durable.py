@@ -219,15 +219,27 @@ class ObjectLease:
             holder = {}
         return (holder if isinstance(holder, dict) else {}), str(info.get("ETag"))
 
-    def acquire(self) -> "ObjectLease":
+    def _conditional(self, **condition) -> str | None:
+        """The new ETag of a conditional PUT of this writer's record, None when it did not go through."""
+        try:
+            return self._put(**condition)
+        except (FileExistsError, FileNotFoundError, OSError):  # 412, the object gone, or the network
+            return None
+
+    def _create(self) -> bool:
+        """Write the record where there is none; False when a lease object is there."""
         try:
             self.etag = self._put(mode="create")
-            return self
-        except FileExistsError:  # a lease object is there (the conditional PUT's 412)
-            pass
+            return True
+        except FileExistsError:  # the conditional PUT's 412
+            return False
         except OSError as exc:
             raise ValueError(f"store {self.display!r}: cannot write its writer lease ({type(exc).__name__}: {exc}); "
                              f"check the credentials and that the bucket takes writes.") from None
+
+    def acquire(self) -> "ObjectLease":
+        if self._create():
+            return self
         holder, etag = self._read()
         if holder is not None and float(holder.get("expires", 0)) > time.time():
             raise ValueError(
@@ -249,24 +261,18 @@ class ObjectLease:
         if self.etag is None:
             raise LeaseLost(f"store {self.display!r}: this writer no longer holds the store's lease; reopen the store "
                             f"with mode='a' to append.")
-        try:
-            self.etag = self._put(IfMatch=self.etag)
-            return
-        except (FileExistsError, FileNotFoundError, OSError):
-            pass
-        # a failed conditional PUT, or a network error whose retry met our own new ETag: the record says whose it is
-        holder, etag = self._read()
-        if holder is not None and holder.get("owner") == self.owner and etag:
-            try:  # still ours (nobody wrote it since): renew from the ETag it has now
-                self.etag = self._put(IfMatch=etag)
-                return
-            except (FileExistsError, FileNotFoundError, OSError):
-                pass
-        self.etag = None
-        raise LeaseLost(
-            f"store {self.display!r}: this writer's lease expired and another writer took the store over; "
-            f"nothing more was written by this one. Reopen the store to append after the other writer's episodes."
-        )
+        renewed = self._conditional(IfMatch=self.etag)
+        if renewed is None:
+            # a failed conditional PUT, or a network error whose retry met our own new ETag: the record says whose it is
+            holder, etag = self._read()
+            if holder is not None and holder.get("owner") == self.owner and etag:
+                renewed = self._conditional(IfMatch=etag)  # still ours: renew from the ETag it has now
+        self.etag = renewed
+        if renewed is None:
+            raise LeaseLost(
+                f"store {self.display!r}: this writer's lease expired and another writer took the store over; "
+                f"nothing more was written by this one. Reopen the store to append after the other writer's episodes."
+            )
 
     def release(self) -> None:
         if self.etag is None:

@@ -35,6 +35,7 @@ is an error, not a silent wrong value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -286,10 +287,8 @@ class Store:
         writing) and release the writer lock."""
         try:
             if self._lock is not None and self.writable:
-                try:
+                with contextlib.suppress(LeaseLost):  # another writer holds the store now: not its arrays to trim
                     self.trim_to_commit()
-                except LeaseLost:
-                    pass  # another writer holds the store now: its arrays are not this one's to trim
         finally:
             if self._lock is not None:
                 self._lock.release()
