@@ -155,3 +155,27 @@ def in_pool(name: str, fn, jobs: list[dict], workers: int) -> dict[str, dict]:
 def ci(values) -> str:
     point, lo, hi = iqm_ci(values)
     return f"IQM {point:.1f} [{lo:.1f}, {hi:.1f}] over {len(values)} seeds"
+
+
+def collect_recipe(recipe: str, path: Path, episodes: int | None = None, append: bool = False) -> str:
+    """Episodes of ``datasets/<recipe>`` (with ``episodes`` to change its count) into the store
+    ``path``: once (skipped when the store is there), or appended with ``append``."""
+    from agent.collect import CollectConfig, collect
+    from agent.config import from_dict, load_yaml
+
+    if append or not (path / "zarr.json").exists():
+        config = {**load_yaml(RESULTS.parents[1] / "datasets" / recipe), "out": str(path)}
+        if episodes:
+            config["episodes"] = episodes
+        collect(from_dict(CollectConfig, config), progress=False)
+    return str(path)
+
+
+def pool_parser(doc: str):
+    """The arguments every per-run bench takes: --quick and --workers."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
+    parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2), one torch thread each")
+    return parser

@@ -28,7 +28,6 @@ Each run's score is written to ``bench/results/runs/data[.quick]/<key>.json`` as
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 
-from common import RESULTS, WORK, ci, in_pool, iqm_ci, print_rows, row, write_results  # noqa: E402
+from common import RESULTS, WORK, ci, collect_recipe, in_pool, iqm_ci, pool_parser, print_rows, row, write_results  # noqa: E402
 
 GROUPS = ("quality", "weighting", "corruption", "action_free", "prdc")
 TIERS = ("random", "medium", "expert", "mixed", "replay")
@@ -51,23 +50,9 @@ QUICK = {**CPU, "seeds": 1, "steps": 200, "episodes": 2, "batch": 32, "hidden": 
          "label_steps": 100, "forget": 0.7}
 
 
-def collect_recipe(name: str, path: Path, episodes: int | None) -> None:
-    """Episodes of datasets/<name>.yaml into ``path`` (appended when it exists)."""
-    from agent.collect import CollectConfig, collect
-    from agent.config import from_dict, load_yaml
-
-    recipe = {**load_yaml(ROOT / "datasets" / f"{name}.yaml"), "out": str(path)}
-    if episodes:
-        recipe["episodes"] = episodes
-    collect(from_dict(CollectConfig, recipe), progress=False)
-
-
 def recipe_store(work: Path, name: str, s: dict) -> str:
     """datasets/<name>.yaml collected into the work folder (once)."""
-    path = work / f"{name}.zarr"
-    if not (path / "zarr.json").exists():
-        collect_recipe(name, path, s["data_episodes"])
-    return str(path)
+    return collect_recipe(f"{name}.yaml", work / f"{name}.zarr", s["data_episodes"])
 
 
 def train_job(job: dict) -> dict:
@@ -123,8 +108,8 @@ def prepare(work: Path, s: dict, groups: list[str]) -> dict[str, str]:
         path = work / "reach-mix5.zarr"
         if not (path / "zarr.json").exists():  # 5% expert, 95% random episodes in one store
             total = s["data_episodes"] or 200
-            collect_recipe("arm-reach-expert", path, max(1, total // 20))
-            collect_recipe("arm-reach-random", path, total - max(1, total // 20))
+            collect_recipe("arm-reach-expert.yaml", path, max(1, total // 20), append=True)
+            collect_recipe("arm-reach-random.yaml", path, total - max(1, total // 20), append=True)
         stores["reach-mix5"] = str(path)
     return stores
 
@@ -226,10 +211,8 @@ def plot_quality(path: Path, quality: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
+    parser = pool_parser(__doc__)
     parser.add_argument("--only", default="", help=f"comma-separated groups to run now ({', '.join(GROUPS)}); default all")
-    parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2), one torch thread each")
     args = parser.parse_args()
     s = QUICK if args.quick else CPU
     name = "data" + (".quick" if args.quick else "")

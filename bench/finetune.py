@@ -33,7 +33,6 @@ its last three evaluations.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -48,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 
-from common import (RESULTS, WORK, ci, in_pool, iqm_ci, print_rows, row, runs_dir, save, saved,  # noqa: E402
-                    write_results)
+from common import (RESULTS, WORK, ci, collect_recipe, in_pool, iqm_ci, pool_parser, print_rows, row, runs_dir,  # noqa: E402
+                    save, saved, write_results)
 
 TASKS = {"push": ("sims/ArmPush-v0", "arm-push-medium.yaml"), "reach": ("sims/ArmReach-v0", "arm-reach-medium.yaml"),
          "pick": ("sims/ArmPickPlace-v0", "arm-pick-place-medium.yaml")}
@@ -82,14 +81,7 @@ QUICK = {**CPU, "auto_seeds": 1, "seeds": 1, "episodes": 10, "hidden": [32, 32],
 
 
 def collect_data(work: Path, s: dict, task: str) -> str:
-    from agent.collect import CollectConfig, collect
-    from agent.config import from_dict, load_yaml
-
-    path = work / f"{task}-medium.zarr"
-    if not (path / "zarr.json").exists():
-        recipe = {**load_yaml(ROOT / "datasets" / TASKS[task][1]), "episodes": s["episodes"], "out": str(path)}
-        collect(from_dict(CollectConfig, recipe), progress=False)
-    return str(path)
+    return collect_recipe(TASKS[task][1], work / f"{task}-medium.zarr", s["episodes"])
 
 
 def data_scores(data: str) -> list[float]:
@@ -530,10 +522,8 @@ def speed(s: dict) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
+    parser = pool_parser(__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), default="push", help="push (the bars), reach or pick")
-    parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2), one torch thread each")
     parser.add_argument("--only", default="", help=f"comma-separated groups to run now ({', '.join(GROUPS)}); default all")
     parser.add_argument("--speed", action="store_true", help="only the loop speed guard")
     args = parser.parse_args()

@@ -41,7 +41,6 @@ parallel processes with one torch thread each.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -54,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sims.py must not shadow sims
 
-from common import RESULTS, WORK, ci, in_pool, iqm_ci, print_rows, row, saved, write_results  # noqa: E402
+from common import (RESULTS, WORK, ci, collect_recipe, in_pool, iqm_ci, pool_parser, print_rows, row, saved,  # noqa: E402
+                    write_results)
 
 TASKS = {"reach": ("sims/ArmReach-v0", "arm-reach-medium.yaml"), "push": ("sims/ArmPush-v0", "arm-push-medium.yaml")}
 GAPS = {"zero": {}, "moderate": {"gravity_scale": 1.6}, "large": {"gravity_scale": 2.0}}
@@ -73,14 +73,7 @@ QUICK = {**CPU, "seeds": 1, "episodes": 10, "online_steps": 600, "eval_every": 2
 
 
 def collect_real(work: Path, s: dict, task: str) -> str:
-    from agent.collect import CollectConfig, collect
-    from agent.config import from_dict, load_yaml
-
-    path = work / f"{task}-real.zarr"
-    if not (path / "zarr.json").exists():
-        recipe = {**load_yaml(ROOT / "datasets" / TASKS[task][1]), "episodes": s["episodes"], "out": str(path)}
-        collect(from_dict(CollectConfig, recipe), progress=False)
-    return str(path)
+    return collect_recipe(TASKS[task][1], work / f"{task}-real.zarr", s["episodes"])
 
 
 def gap_job(job: dict) -> dict:
@@ -288,12 +281,10 @@ def plot(path: Path, title: str, runs: dict, iql: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (pipeline check, not the bars)")
+    parser = pool_parser(__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), default="reach", help="reach (default) or push")
     parser.add_argument("--only", default="", help=f"comma-separated gaps to run now ({', '.join(GAPS)}); default all")
     parser.add_argument("--methods", default="", help=f"comma-separated methods to run now ({', '.join(METHODS)}, iql-real)")
-    parser.add_argument("--workers", type=int, default=None, help="runs in parallel (default 2), one torch thread each")
     args = parser.parse_args()
     s = QUICK if args.quick else {**CPU, **TASK_SETTINGS.get(args.task, {})}
     name = "h2o" + (f".{args.task}" if args.task != "reach" else "") + (".quick" if args.quick else "")
