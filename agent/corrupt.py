@@ -150,8 +150,7 @@ def corrupt(cfg: CorruptConfig) -> dict:
                                                                            **settings}})
     written = 0
     try:
-        for e in range(src.num_episodes):
-            ep = src.episode(e)
+        for e, ep in enumerate(src.episodes()):
             a, b = int(starts[e]), int(ends[e])
             local = np.flatnonzero(hit[a:b])
             if cfg.kind in ("obs", "action", "reward"):

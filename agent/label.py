@@ -68,10 +68,6 @@ def _attrs(attrs: dict, e: int, **changes) -> EpisodeAttrs:
     return EpisodeAttrs(**{**base, **changes})
 
 
-def _episode(src: Store, e: int, success: bool) -> dict:
-    ep: dict = src.episode(e)
-    ep["success"] = success
-    return ep
 
 
 def forget(cfg: LabelConfig) -> dict:
@@ -83,8 +79,8 @@ def forget(cfg: LabelConfig) -> dict:
     already = action_free_mask(src)
     dst = _copy(src, cfg.out, {"actions_forgotten": {"store": str(src.path), "fraction": cfg.forget, "seed": cfg.seed}})
     try:
-        for e in range(src.num_episodes):
-            ep = _episode(src, e, bool(attrs["success"][e]))
+        for e, recorded in enumerate(src.episodes()):
+            ep: dict = {**recorded, "success": bool(attrs["success"][e])}
             if chosen[e]:
                 ep["action"] = np.zeros_like(ep["action"])
             lineage = json.dumps({"actions_forgotten": True}) if chosen[e] else str(attrs.get("lineage", [""] * (e + 1))[e])
@@ -147,8 +143,8 @@ def label(cfg: LabelConfig) -> dict:
     attrs = src.episode_attrs()
     dst = _copy(src, cfg.out, {"labelled_from": report})
     try:
-        for e in range(src.num_episodes):
-            ep = _episode(src, e, bool(attrs["success"][e]))
+        for e, recorded in enumerate(src.episodes()):
+            ep: dict = {**recorded, "success": bool(attrs["success"][e])}
             if free[e]:
                 with torch.no_grad():
                     ep["action"] = predict(inputs(np.arange(starts[e], ends[e]))).numpy().astype(np.float32)

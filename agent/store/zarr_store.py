@@ -156,6 +156,7 @@ class Store:
         self._commit = commit
         self._lock = lock
         self._handles: dict[str, Any] = {}
+        self._ends: np.ndarray | None = None  # meta/episode_ends of the commit record held, read once
         self.stale_lock = lock.stale_holder if lock else None
 
     # -- opening -----------------------------------------------------------------
@@ -366,7 +367,9 @@ class Store:
         return self.num_episodes if self.array_specs[key].get("per") == "episode" else self.num_steps
 
     def episode_ends(self) -> np.ndarray:
-        return self.read("meta/episode_ends").astype(np.int64)
+        if self._ends is None or len(self._ends) != self.num_episodes:  # every commit changes the count
+            self._ends = self.read("meta/episode_ends").astype(np.int64)
+        return self._ends.copy()
 
     def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
         """A whole committed array, e.g. ``data/obs`` or ``meta/episodes/return``,
@@ -413,8 +416,19 @@ class Store:
         return out
 
     def episodes(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(self.num_episodes):
-            yield self.episode(i)
+        """Every episode in order, as :meth:`episode` gives it; a store without images is read
+        once, array by array, instead of chunk by chunk per episode."""
+        if self.image_keys():
+            for i in range(self.num_episodes):
+                yield self.episode(i)
+            return
+        steps = {k: self.read(f"data/{k}") for k in STEP_KEYS}
+        steps.update({f"sim_state/{k}": self.read(f"data/sim_state/{k}") for k in self.sim_state_keys()})
+        final = self.read("final_obs/obs")
+        start = 0
+        for i, end in enumerate(self.episode_ends()):
+            yield {**{k: v[start:end] for k, v in steps.items()}, "final_obs": final[i]}
+            start = int(end)
 
     def episode_attrs(self) -> dict[str, np.ndarray]:
         return {name: self.read(f"meta/episodes/{name}") for name in _EPISODE_COLUMNS
